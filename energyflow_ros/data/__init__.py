@@ -1,0 +1,1 @@
+"""energyflow_ros.data."""
