@@ -160,17 +160,26 @@ class ProposalConfig:
         hidden: hidden width of the MLP that outputs the mixture parameters.
         depth: hidden layers of that MLP.
         min_std: floor on every component standard deviation.
+        broad_weight: weight of a broad N(0, broad_std**2 I) component mixed into the negative
+            sampler, so negatives also cover where the learned mixture has no mass (R-NCE is
+            consistent for any proposal; without this the energy is never trained there).
+        broad_std: standard deviation of that component, in normalised action units.
     """
 
     n_components: int = 8
     hidden: int = 256
     depth: int = 3
     min_std: float = 1e-3
+    broad_weight: float = 0.1
+    broad_std: float = 1.5
 
     def __post_init__(self) -> None:
         for name in ('n_components', 'hidden', 'depth'):
             _positive_int('ProposalConfig', name, getattr(self, name))
         _positive_float('ProposalConfig', 'min_std', self.min_std)
+        _positive_float('ProposalConfig', 'broad_std', self.broad_std)
+        _require(isinstance(self.broad_weight, (int, float)) and 0 <= self.broad_weight < 1,
+                 'ProposalConfig', 'broad_weight', self.broad_weight, 'a number in [0, 1)')
 
 
 @dataclass(frozen=True)
@@ -187,8 +196,8 @@ class LangevinConfig:
 
     n_particles: int = 64
     n_scales: int = 10
-    steps_per_scale: int = 3
-    step_size: float = 0.1
+    steps_per_scale: int = 5
+    step_size: float = 0.6
     noise: float = 1.0
 
     def __post_init__(self) -> None:

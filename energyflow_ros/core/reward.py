@@ -1,0 +1,41 @@
+"""Rewards extracted from a learned energy (EnergyFlow paper).
+
+Under maximum-entropy optimality grad_a log pi = grad_a Q_soft / alpha, so -E recovers the soft
+Q-function up to a state-dependent offset; centring against fixed reference chunks removes that
+offset so rewards compare across states.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from energyflow_ros.core.energy import EnergyFn, candidate_energies
+
+__all__ = ['reference_chunks', 'centered_reward']
+
+
+def reference_chunks(m: int, horizon: int, action_dim: int, seed: int = 0) -> torch.Tensor:
+    """(m, H, A) fixed reference chunks drawn once from N(0, I) in normalised action space."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((m, horizon, action_dim), generator=gen)
+
+
+@torch.no_grad()
+def centered_reward(energy: EnergyFn, obs: torch.Tensor, act: torch.Tensor, sigma_min: float,
+                    reference: torch.Tensor) -> torch.Tensor:
+    """r(o, a) = -[E(o, a, sigma_min) - mean_m E(o, ref_m, sigma_min)] (EnergyFlow's CenteredReward).
+
+    Args:
+        energy: sigma-indexed energy function.
+        obs: (B, O) normalised observations.
+        act: (B, H, A) normalised action chunks.
+        sigma_min: the smallest noise scale of the model.
+        reference: (M, H, A) fixed reference chunks (see :func:`reference_chunks`).
+
+    Returns:
+        (B,) rewards; higher is better.
+    """
+    e = candidate_energies(energy, obs, act.unsqueeze(1), sigma_min)[:, 0]
+    refs = reference.to(act).unsqueeze(0).expand(obs.shape[0], *reference.shape)
+    e_ref = candidate_energies(energy, obs, refs, sigma_min).mean(dim=1)
+    return -(e - e_ref)

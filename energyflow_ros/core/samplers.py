@@ -1,0 +1,243 @@
+"""Action samplers, one named class each; all return a :class:`SampleResult`.
+
+Energy-based samplers keep N particles per observation and return the lowest-energy one — an
+EBM can rank its own samples, which a diffusion policy cannot. Each accepts ``init`` particles
+for warm starting from the previous tick's chunk (see :func:`shift_chunk`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from energyflow_ros.core.config import (
+    DDIMConfig, DFOConfig, LangevinConfig, ProbabilityFlowConfig,
+)
+from energyflow_ros.core.energy import (
+    EnergyFn, candidate_energies, candidate_energies_and_grads,
+)
+from energyflow_ros.core.schedules import DDPMSchedule, VESchedule
+
+__all__ = [
+    'SampleResult', 'shift_chunk', 'select_lowest', 'langevin_refine', 'AnnealedLangevinSampler',
+    'ProposalLangevinSampler', 'ProbabilityFlowSampler', 'DerivativeFreeSampler',
+    'DDIMSampler', 'RegressionSampler',
+]
+
+
+@dataclass
+class SampleResult:
+    """What a sampler returns.
+
+    Attributes:
+        actions: (B, H, A) the chosen chunk per observation.
+        energy: (B,) its energy (zeros for samplers without an energy).
+        particles: (B, N, H, A) every final particle, for warm starting the next call.
+    """
+
+    actions: torch.Tensor
+    energy: torch.Tensor
+    particles: torch.Tensor
+
+
+def shift_chunk(chunk: torch.Tensor, executed: int) -> torch.Tensor:
+    """Drop the first ``executed`` steps of chunks (..., H, A) and repeat the last step to refill.
+
+    This is the warm start: the previous plan, advanced by what was executed.
+    """
+    if executed <= 0:
+        return chunk
+    h = chunk.shape[-2]
+    executed = min(executed, h - 1)
+    tail = chunk[..., -1:, :].expand(*chunk.shape[:-2], executed, chunk.shape[-1])
+    return torch.cat([chunk[..., executed:, :], tail], dim=-2)
+
+
+def select_lowest(energies: torch.Tensor, particles: torch.Tensor) -> SampleResult:
+    """Pick, per observation, the particle of lowest energy. energies (B, N), particles (B, N, H, A)."""
+    best = energies.argmin(dim=1)
+    rows = torch.arange(particles.shape[0], device=particles.device)
+    return SampleResult(particles[rows, best], energies[rows, best], particles)
+
+
+def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def langevin_refine(energy: EnergyFn, obs: torch.Tensor, particles: torch.Tensor,
+                    sigmas: list[float | None], step_sizes: list[float], noise: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Langevin steps a <- a - eps_i grad E(o, a, sigma_i) + noise * sqrt(2 eps_i) z.
+
+    Args:
+        energy: the energy function.
+        obs: (B, O).
+        particles: (B, N, H, A) starting points.
+        sigmas: noise scale passed to the energy at each step (None for sigma-free models).
+        step_sizes: eps_i of each step, same length as ``sigmas``.
+        noise: multiplier on the injected noise (0: gradient descent).
+
+    Returns:
+        (B, N, H, A) refined particles.
+    """
+    a = particles.detach()
+    for sigma, eps in zip(sigmas, step_sizes):
+        _, g = candidate_energies_and_grads(energy, obs, a, sigma)
+        a = a - eps * g
+        if noise > 0:
+            a = a + noise * (2.0 * eps) ** 0.5 * _noise(a, generator)
+    return a
+
+
+class AnnealedLangevinSampler:
+    """Annealed Langevin over N particles on a sigma-indexed energy, then energy ranking.
+
+    Scales go geometrically from sigma_max to sigma_min; at scale sigma the step is
+    ``step_size * sigma**2``. Particles start from N(0, sigma_max**2 I) or from ``init``.
+    """
+
+    def __init__(self, energy: EnergyFn, schedule: VESchedule, cfg: LangevinConfig,
+                 chunk_shape: tuple[int, int]) -> None:
+        self.energy, self.schedule, self.cfg, self.chunk_shape = energy, schedule, cfg, chunk_shape
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None) -> SampleResult:
+        """Sample one chunk per observation (B, O); ``init`` (B, N, H, A) warm-starts."""
+        cfg = self.cfg
+        sig = self.schedule.geometric(cfg.n_scales).tolist()
+        if init is None:
+            shape = (obs.shape[0], cfg.n_particles, *self.chunk_shape)
+            init = sig[0] * torch.randn(shape, generator=generator, device=obs.device)
+        sigmas = [s for s in sig for _ in range(cfg.steps_per_scale)]
+        steps = [cfg.step_size * s * s for s in sigmas]
+        a = langevin_refine(self.energy, obs, init, sigmas, steps, cfg.noise, generator)
+        with torch.no_grad():
+            e = candidate_energies(self.energy, obs, a, self.schedule.sigma_min)
+        return select_lowest(e, a)
+
+
+class ProposalLangevinSampler:
+    """R-NCE inference: candidates from the proposal q(a|o), Langevin refinement, argmin E.
+
+    ``step_size`` is the absolute Langevin step for this sigma-free energy.
+    """
+
+    def __init__(self, energy: EnergyFn, proposal: Callable[..., torch.Tensor],
+                 cfg: LangevinConfig, sigma: float | None = None) -> None:
+        self.energy, self.proposal, self.cfg, self.sigma = energy, proposal, cfg, sigma
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None) -> SampleResult:
+        """Sample one chunk per observation; ``init`` particles join the proposal's draws."""
+        cfg = self.cfg
+        cands = self.proposal(obs, cfg.n_particles, generator=generator)
+        if init is not None:
+            cands = torch.cat([init.to(cands), cands], dim=1)
+        n_steps = cfg.n_scales * cfg.steps_per_scale
+        a = langevin_refine(self.energy, obs, cands, [self.sigma] * n_steps,
+                            [cfg.step_size] * n_steps, cfg.noise, generator)
+        with torch.no_grad():
+            e = candidate_energies(self.energy, obs, a, self.sigma)
+        return select_lowest(e, a)
+
+
+class ProbabilityFlowSampler:
+    """EnergyFlow's probability-flow ODE with Euler steps, over N particles, then ranking.
+
+    From t = 1 (a ~ N(0, sigma_max**2 I)) down to ``t_end``:
+    ``a <- a - 0.5 * d(sigma**2)/dt * grad_a E(o, a, sigma(t)) * dt``. A warm start re-noises
+    ``init`` to sigma(warm_start_t) and integrates from there with the same step count.
+    """
+
+    def __init__(self, energy: EnergyFn, schedule: VESchedule, cfg: ProbabilityFlowConfig,
+                 chunk_shape: tuple[int, int]) -> None:
+        self.energy, self.schedule, self.cfg, self.chunk_shape = energy, schedule, cfg, chunk_shape
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None, n_steps: int | None = None) -> SampleResult:
+        """Sample one chunk per observation (B, O); ``init`` (B, N, H, A) warm-starts."""
+        cfg, sched = self.cfg, self.schedule
+        n_steps = n_steps or cfg.n_steps
+        t0 = 1.0 if init is None else cfg.warm_start_t
+        if init is None:
+            shape = (obs.shape[0], cfg.n_particles, *self.chunk_shape)
+            a = sched.sigma_max * torch.randn(shape, generator=generator, device=obs.device)
+        else:
+            a = init.detach() + float(sched.sigma(torch.tensor(t0))) * _noise(init, generator)
+        ts = torch.linspace(t0, cfg.t_end, n_steps + 1).tolist()
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            sigma = float(sched.sigma(torch.tensor(t)))
+            _, g = candidate_energies_and_grads(self.energy, obs, a, sigma)
+            a = a - 0.5 * float(sched.dsigma2_dt(torch.tensor(sigma))) * (t - t_next) * g
+        with torch.no_grad():
+            e = candidate_energies(self.energy, obs, a, sched.sigma_min)
+        return select_lowest(e, a)
+
+
+class DerivativeFreeSampler:
+    """IBC's derivative-free optimiser: uniform samples, resample by softmax(-E), perturb, shrink."""
+
+    def __init__(self, energy: EnergyFn, low: torch.Tensor, high: torch.Tensor,
+                 cfg: DFOConfig) -> None:
+        self.energy, self.low, self.high, self.cfg = energy, low, high, cfg
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None) -> SampleResult:
+        """Sample one chunk per observation; ``init`` particles replace part of the uniform draw."""
+        cfg, low, high = self.cfg, self.low.to(obs), self.high.to(obs)
+        shape = (obs.shape[0], cfg.n_samples, *low.shape)
+        a = low + (high - low) * torch.rand(shape, generator=generator, device=obs.device)
+        if init is not None:
+            n = min(init.shape[1], cfg.n_samples)
+            a[:, :n] = init[:, :n].to(a)
+        scale = cfg.noise_scale
+        with torch.no_grad():
+            for _ in range(cfg.iterations):
+                e = candidate_energies(self.energy, obs, a)
+                idx = torch.multinomial(torch.softmax(-e, dim=1), cfg.n_samples,
+                                        replacement=True, generator=generator)
+                a = a[torch.arange(a.shape[0]).unsqueeze(1), idx]
+                a = torch.minimum(torch.maximum(a + scale * _noise(a, generator), low), high)
+                scale *= cfg.shrink
+            e = candidate_energies(self.energy, obs, a)
+        return select_lowest(e, a)
+
+
+class DDIMSampler:
+    """Diffusion baseline: deterministic DDIM (eta = 0) with an epsilon-predicting network."""
+
+    def __init__(self, denoiser: Callable[..., torch.Tensor], schedule: DDPMSchedule,
+                 cfg: DDIMConfig, chunk_shape: tuple[int, int]) -> None:
+        self.denoiser, self.schedule, self.cfg, self.chunk_shape = (
+            denoiser, schedule, cfg, chunk_shape)
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None) -> SampleResult:
+        """One chunk per observation from N(0, I) noise; ``init`` is ignored (no warm start)."""
+        b, sched = obs.shape[0], self.schedule
+        x = torch.randn((b, *self.chunk_shape), generator=generator, device=obs.device)
+        ks = torch.linspace(sched.train_steps - 1, 0, self.cfg.sample_steps).round().long()
+        ab = sched.alpha_bar.to(obs.device)
+        for i, k in enumerate(ks.tolist()):
+            eps = self.denoiser(obs, x, sched.time(torch.full((b,), k, device=obs.device)))
+            x0 = (x - (1 - ab[k]).sqrt() * eps) / ab[k].sqrt()
+            ab_prev = ab[ks[i + 1]] if i + 1 < len(ks) else torch.tensor(1.0, device=obs.device)
+            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        return SampleResult(x, torch.zeros(b, device=obs.device), x.unsqueeze(1))
+
+
+class RegressionSampler:
+    """MSE behaviour cloning: the network's output is the chunk (one 'particle', no energy)."""
+
+    def __init__(self, regressor: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.regressor = regressor
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None) -> SampleResult:
+        """The regressed chunk for each observation."""
+        x = self.regressor(obs)
+        return SampleResult(x, torch.zeros(obs.shape[0], device=obs.device), x.unsqueeze(1))

@@ -1,0 +1,99 @@
+"""Checkpoints: everything needed to rebuild a trained method, written atomically.
+
+A checkpoint holds the method name, chunk spec, configs, weights (and EMA weights), the
+normalisation statistics and provenance. Writing goes to a temporary file in the same folder
+followed by ``os.replace``, so a kill mid-write never leaves a partial checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from energyflow_ros.core.config import ChunkSpec, config_to_dict
+from energyflow_ros.core.methods import Method, build_method
+from energyflow_ros.data.dataset import Normalizer
+
+__all__ = ['CHECKPOINT_FORMAT', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
+           'LoadedCheckpoint']
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or of an unknown format."""
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """A rebuilt method with its normalisers and the rest of the checkpoint's contents."""
+
+    method: Method
+    obs_normalizer: Normalizer
+    action_normalizer: Normalizer
+    payload: dict[str, Any]
+
+
+def save_checkpoint(path: str, method: Method, obs_normalizer: Normalizer,
+                    action_normalizer: Normalizer, extra: dict[str, Any] | None = None) -> None:
+    """Write ``method`` and its normalisers to ``path`` atomically.
+
+    Args:
+        path: destination file.
+        method: the trained method.
+        obs_normalizer: statistics of the (stacked) observations.
+        action_normalizer: statistics of one action (A,).
+        extra: anything else to keep (optimizer state, step, EMA weights, metadata).
+    """
+    payload = {
+        'format': CHECKPOINT_FORMAT,
+        'method': method.name,
+        'spec': dataclasses.asdict(method.spec),
+        'backbone': config_to_dict(method.backbone_cfg),
+        'config': config_to_dict(method.cfg),
+        'state_dict': method.state_dict(),
+        'obs_normalizer': obs_normalizer.to_dict(),
+        'action_normalizer': action_normalizer.to_dict(),
+        **(extra or {}),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.ckpt-', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
+    """Rebuild the method saved at ``path`` (weights loaded, eval mode).
+
+    Raises:
+        CheckpointError: the file is missing, not a checkpoint, or of another format version.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several unrelated types for corrupt files
+        raise CheckpointError(f'{path}: not a readable checkpoint ({exc})') from exc
+    if not isinstance(payload, dict) or payload.get('format') != CHECKPOINT_FORMAT:
+        version = payload.get('format') if isinstance(payload, dict) else None
+        raise CheckpointError(f'{path}: checkpoint format {version!r} is not the supported '
+                              f'format {CHECKPOINT_FORMAT}')
+    spec = ChunkSpec(**payload['spec'])
+    method = build_method(payload['method'], spec, payload['backbone'], payload['config'])
+    method.load_state_dict(payload['state_dict'])
+    method.eval()
+    return LoadedCheckpoint(method, Normalizer.from_dict(payload['obs_normalizer']),
+                            Normalizer.from_dict(payload['action_normalizer']), payload)

@@ -1,0 +1,285 @@
+"""rosbag2 reader: small MCAP and sqlite3 bags written here with the rosbags writer (no ROS)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from energyflow_ros.data.align import align_asof, align_hold, marker_segments, summarize
+from energyflow_ros.data.bag_config import BagSpec, BagSpecError, load_bag_spec
+from energyflow_ros.data.dataset import DemoError
+from energyflow_ros.data.rosbag import read_rosbag
+
+TS = get_typestore(Stores.ROS2_KILTED)
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+JOINTS = ['shoulder', 'elbow', 'wrist']
+JS, F64 = 'sensor_msgs/msg/JointState', 'std_msgs/msg/Float64MultiArray'
+TRAJ, POSE, BOOL = ('trajectory_msgs/msg/JointTrajectory', 'geometry_msgs/msg/PoseStamped',
+                    'std_msgs/msg/Bool')
+
+
+def header(ns: int) -> Any:
+    stamp = TS.types['builtin_interfaces/msg/Time'](sec=ns // NS, nanosec=ns % NS)
+    return TS.types['std_msgs/msg/Header'](stamp=stamp, frame_id='base')
+
+
+def joint_state(ns: int, names: list[str], pos: list[float]) -> Any:
+    return TS.types[JS](header=header(ns), name=list(names), position=np.array(pos, float),
+                        velocity=np.array([0.1 * p for p in pos]), effort=np.array([]))
+
+
+def multi_array(values: list[float]) -> Any:
+    layout = TS.types['std_msgs/msg/MultiArrayLayout'](dim=[], data_offset=0)
+    return TS.types[F64](layout=layout, data=np.array(values, float))
+
+
+def trajectory(names: list[str], pos: list[float]) -> Any:
+    duration = TS.types['builtin_interfaces/msg/Duration'](sec=0, nanosec=0)
+    point = TS.types['trajectory_msgs/msg/JointTrajectoryPoint'](
+        positions=np.array(pos, float), velocities=np.array([]), accelerations=np.array([]),
+        effort=np.array([]), time_from_start=duration)
+    return TS.types[TRAJ](header=header(0), joint_names=list(names), points=[point])
+
+
+def pose(ns: int, k: float) -> Any:
+    g = 'geometry_msgs/msg/'
+    p = TS.types[g + 'Pose'](position=TS.types[g + 'Point'](x=k, y=2 * k, z=0.5),
+                             orientation=TS.types[g + 'Quaternion'](x=0.0, y=0.0, z=0.0, w=1.0))
+    return TS.types[POSE](header=header(ns), pose=p)
+
+
+def write_bag(path: Path, messages: list[tuple[str, str, int, Any]],
+              storage: str = 'mcap') -> Path:
+    """Write (topic, type, receive ns, message) tuples; topics registered in first-seen order."""
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        conns: dict[str, Any] = {}
+        for topic, msg_type, ns, msg in sorted(messages, key=lambda m: m[2]):
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msg_type, typestore=TS)
+            writer.write(conns[topic], ns, TS.serialize_cdr(msg, msg_type))
+    return path
+
+
+def arm_messages(n: int = 20, dt: float = 0.1, gap_after: int | None = None,
+                 shuffle_names: bool = False, nan_obs_at: int | None = None,
+                 nan_action_at: int | None = None) -> list[tuple[str, str, int, Any]]:
+    """Joint states every dt with a command 10 ms later; an optional 5 s gap after a step."""
+    msgs, rng = [], np.random.default_rng(0)
+    for i in range(n):
+        t = T0 + int(i * dt * NS) + (5 * NS if gap_after is not None and i > gap_after else 0)
+        pos = [math.sin(0.3 * i), math.cos(0.2 * i), 0.01 * i]
+        if nan_obs_at == i:
+            pos[1] = float('nan')
+        order = rng.permutation(3) if shuffle_names else np.arange(3)
+        msgs.append(('/joint_states', JS, t + 2_000_000,
+                     joint_state(t, [JOINTS[k] for k in order], [pos[k] for k in order])))
+        cmd = [p + 0.05 for p in pos] if nan_obs_at != i else [0.0, 0.0, 0.0]
+        if nan_action_at == i:
+            cmd[2] = float('inf')
+        msgs.append(('/commands', F64, t + 10_000_000, multi_array(cmd)))
+    return msgs
+
+
+SPEC = {
+    'observations': [{'topic': '/joint_states', 'type': 'sensor_msgs/msg/JointState',
+                      'joints': JOINTS, 'fields': ['position', 'velocity'],
+                      'stamp': 'header', 'max_age_s': 0.05}],
+    'action': {'topic': '/commands', 'type': 'std_msgs/msg/Float64MultiArray',
+               'joints': JOINTS},
+    'episodes': {'gap_s': 1.0},
+}
+
+
+def test_mcap_and_sqlite3_give_identical_arrays(tmp_path: Path) -> None:
+    msgs = arm_messages()
+    a, rep_a = read_rosbag(write_bag(tmp_path / 'm', msgs, 'mcap'), SPEC)
+    b, rep_b = read_rosbag(write_bag(tmp_path / 's', msgs, 'sqlite3'), SPEC)
+    for name in ('obs', 'actions', 'episode_ends'):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.obs.shape == (20, 6) and a.actions.shape == (20, 3)
+    assert a.obs_names[:2] == ['/joint_states/shoulder/position',
+                               '/joint_states/shoulder/velocity']
+    assert a.action_names == JOINTS
+    assert rep_a.dropped == rep_b.dropped == {}
+    assert a.meta['rate_hz'] == pytest.approx(10.0)
+    np.testing.assert_allclose(a.obs[:, 0], np.sin(0.3 * np.arange(20)))
+    np.testing.assert_allclose(a.actions[:, 1], np.cos(0.2 * np.arange(20)) + 0.05)
+
+
+def test_single_storage_file_is_read(tmp_path: Path) -> None:
+    bag = write_bag(tmp_path / 'm', arm_messages(), 'mcap')
+    demos, _ = read_rosbag(next(bag.glob('*.mcap')), SPEC)
+    assert len(demos.obs) == 20
+
+
+def test_missing_topic_is_named(tmp_path: Path) -> None:
+    msgs = [m for m in arm_messages() if m[0] != '/commands']
+    bag = write_bag(tmp_path / 'b', msgs)
+    with pytest.raises(DemoError, match=r"action topic '/commands' is not in the bag") as err:
+        read_rosbag(bag, SPEC)
+    assert str(bag) in str(err.value)
+
+
+def test_missing_joint_is_named(tmp_path: Path) -> None:
+    msgs = arm_messages(n=5)
+    msgs[4] = ('/joint_states', JS, msgs[4][2], joint_state(T0, ['shoulder', 'wrist'], [0, 0]))
+    with pytest.raises(DemoError, match=r"/joint_states at .*joint 'elbow' is missing"):
+        read_rosbag(write_bag(tmp_path / 'b', msgs), SPEC)
+
+
+def test_reordered_joint_names_match_ordered(tmp_path: Path) -> None:
+    ordered, _ = read_rosbag(write_bag(tmp_path / 'a', arm_messages()), SPEC)
+    shuffled, _ = read_rosbag(write_bag(tmp_path / 'b', arm_messages(shuffle_names=True)), SPEC)
+    np.testing.assert_array_equal(ordered.obs, shuffled.obs)
+    np.testing.assert_array_equal(ordered.actions, shuffled.actions)
+
+
+def test_time_gap_starts_new_episode(tmp_path: Path) -> None:
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', arm_messages(gap_after=11)), SPEC)
+    assert demos.episode_ends.tolist() == [12, 20]
+    assert report.dropped == {}
+
+
+def test_nan_observation_frame_is_dropped_and_counted(tmp_path: Path) -> None:
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', arm_messages(nan_obs_at=7)), SPEC)
+    assert report.dropped == {'/joint_states: non-finite value': 1}
+    assert len(demos.obs) == 19 and np.isfinite(demos.obs).all()
+    assert demos.episode_ends.tolist() == [7, 19]  # the hole splits the episode
+    text = summarize(demos, report)
+    assert 'non-finite value' in text and 'frames dropped: 1 of 20' in text
+
+
+def test_nan_action_is_an_error_naming_topic_and_time(tmp_path: Path) -> None:
+    bag = write_bag(tmp_path / 'b', arm_messages(nan_action_at=3))
+    with pytest.raises(DemoError, match=r'/commands at 0\.3\d\d s into the bag.*non-finite '
+                                        r"action value inf for 'wrist'"):
+        read_rosbag(bag, SPEC)
+
+
+def test_empty_bag_is_a_clear_error(tmp_path: Path) -> None:
+    bag = write_bag(tmp_path / 'empty', [])
+    with pytest.raises(DemoError, match='the bag is empty'):
+        read_rosbag(bag, SPEC)
+    with pytest.raises(DemoError, match='rosbag not found'):
+        read_rosbag(tmp_path / 'nowhere', SPEC)
+
+
+def test_unsorted_header_stamps_are_an_error(tmp_path: Path) -> None:
+    msgs = arm_messages(n=6)
+    topic, msg_type, recv, _ = msgs[6]
+    msgs[6] = (topic, msg_type, recv, joint_state(T0 - NS, JOINTS, [0.0, 0.0, 0.0]))
+    with pytest.raises(DemoError, match='/joint_states: stamps are not sorted'):
+        read_rosbag(write_bag(tmp_path / 'b', msgs), SPEC)
+
+
+def test_fixed_rate_hold_counts_stale_frames(tmp_path: Path) -> None:
+    msgs = [m for m in arm_messages(n=30) if not (m[0] == '/joint_states' and 10 <= (
+        m[2] - T0) // (NS // 10) < 15)]
+    spec = {**SPEC, 'rate_hz': 20.0, 'observations': [
+        {**SPEC['observations'][0], 'max_age_s': 0.15}]}
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    assert report.frames_considered == 59
+    stale = report.dropped.pop('/joint_states: last message older than max_age_s (0.15 s)')
+    assert stale == 9 and report.dropped == {}  # grid 1.06 .. 1.46 s, last message 0.9 s
+    assert len(demos.obs) == 59 - stale and demos.n_episodes == 2
+    assert demos.meta['rate_hz'] == 20.0
+
+
+def test_episode_marker_topic_and_trajectory_action(tmp_path: Path) -> None:
+    msgs = [m for m in arm_messages(n=30) if m[0] == '/joint_states']
+    for i in range(30):
+        msgs.append(('/traj', TRAJ, T0 + i * NS // 10 + 5_000_000,
+                     trajectory(JOINTS[::-1], [3.0, 2.0, float(i)])))
+    marks = {0: True, 10: False, 15: True}
+    msgs += [('/episode', BOOL, T0 + i * NS // 10 + 1_000_000,
+              TS.types[BOOL](data=v)) for i, v in marks.items()]
+    spec = {**SPEC, 'action': {'topic': '/traj', 'type': 'trajectory_msgs/JointTrajectory',
+                               'joints': JOINTS},
+            'episodes': {'topic': '/episode', 'type': 'std_msgs/Bool'}}
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    assert demos.episode_ends.tolist() == [10, 25]
+    assert report.dropped == {'action message outside an episode (episode marker)': 5}
+    np.testing.assert_array_equal(demos.actions[:, 0], np.full(25, float(0)) + np.r_[
+        np.arange(10), np.arange(15, 30)])
+    np.testing.assert_array_equal(demos.actions[:, 2], 3.0)
+
+
+def test_shifted_joint_state_action_and_pose(tmp_path: Path) -> None:
+    msgs = [m for m in arm_messages(n=12) if m[0] == '/joint_states']
+    msgs += [('/tool', POSE, T0 + i * NS // 10 + 3_000_000, pose(T0 + i * NS // 10, float(i)))
+             for i in range(12)]
+    spec = {'rate_hz': 10.0, 'align': 'asof', 'tolerance_s': 0.02,
+            'observations': [{'topic': '/tool', 'type': 'geometry_msgs/PoseStamped',
+                              'fields': ['position']}],
+            'action': {'topic': '/joint_states', 'type': 'sensor_msgs/JointState',
+                       'joints': JOINTS, 'stamp': 'header', 'shift_steps': 1}}
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    assert report.dropped == {'action /joint_states: no frame 1 step(s) later in the episode': 1}
+    np.testing.assert_allclose(demos.obs[:, 0], np.arange(11.0))
+    np.testing.assert_allclose(demos.actions[:, 0], np.sin(0.3 * np.arange(1, 12)))
+    assert demos.obs_names == ['/tool/position/x', '/tool/position/y', '/tool/position/z']
+
+
+def test_spec_rejects_unknown_key_and_bad_values(tmp_path: Path) -> None:
+    bad = {**SPEC, 'observations': [{**SPEC['observations'][0], 'jionts': ['a']}]}
+    with pytest.raises(BagSpecError, match=r"observations\[0\]: unknown key\(s\) \['jionts'\]"):
+        BagSpec.from_dict(bad)
+    with pytest.raises(BagSpecError, match="unknown key.*'rate'"):
+        BagSpec.from_dict({**SPEC, 'rate': 10})
+    with pytest.raises(BagSpecError, match='align'):
+        BagSpec.from_dict({**SPEC, 'align': 'nearest'})
+    with pytest.raises(BagSpecError, match='left out'):
+        BagSpec.from_dict({**SPEC, 'observations': [
+            {'topic': '/cloud', 'type': 'sensor_msgs/msg/PointCloud2'}]})
+    with pytest.raises(BagSpecError, match="stamp = 'header'.*no header"):
+        BagSpec.from_dict({**SPEC, 'observations': [
+            {'topic': '/g', 'type': 'std_msgs/msg/Float64MultiArray', 'size': 2,
+             'stamp': 'header'}]})
+    with pytest.raises(BagSpecError, match='gap_s'):
+        BagSpec.from_dict({**SPEC, 'episodes': {'gap_s': 1.0, 'topic': '/e'}})
+
+
+def test_spec_yaml_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / 'spec.yaml'
+    path.write_text('rate_hz: 10\nobservations:\n  - {topic: /joint_states, type: '
+                    'sensor_msgs/JointState, joints: [a, b]}\n  - {topic: /g, type: '
+                    'std_msgs/Float64MultiArray, size: 2}\naction: {topic: /cmd, type: '
+                    'std_msgs/Float64MultiArray, joints: [a, b]}\n')
+    spec = load_bag_spec(path)
+    assert spec.observations[0].stamp == 'header' and spec.observations[1].stamp == 'receive'
+    assert spec.obs_dim == 4 and spec.episodes.gap_s == 1.0
+    assert BagSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_alignment_functions() -> None:
+    stamps = np.array([10, 20, 30])
+    idx, code = align_hold(stamps, np.array([5, 10, 24, 45]), limit_ns=10)
+    assert idx.tolist()[1:] == [0, 1, 2] and code.tolist() == [1, 0, 0, 2]
+    idx, code = align_asof(stamps, np.array([5, 14, 16, 25, 45]), limit_ns=5)
+    assert idx.tolist() == [0, 0, 1, 1, 2] and code.tolist() == [0, 0, 0, 0, 3]
+
+
+def test_zero_header_stamp_and_wrong_array_length_are_errors(tmp_path: Path) -> None:
+    msgs = arm_messages(n=4)
+    msgs[2] = ('/joint_states', JS, msgs[2][2], joint_state(0, JOINTS, [0.0, 0.0, 0.0]))
+    with pytest.raises(DemoError, match='header stamp is zero; use stamp: receive'):
+        read_rosbag(write_bag(tmp_path / 'a', msgs), SPEC)
+    msgs = arm_messages(n=4)
+    msgs[3] = ('/commands', F64, msgs[3][2], multi_array([1.0, 2.0]))
+    with pytest.raises(DemoError, match=r'/commands at .*has 2 values, the spec expects 3'):
+        read_rosbag(write_bag(tmp_path / 'b', msgs), SPEC)
+
+
+def test_int32_marker_segments() -> None:
+    stamps = np.array([0, 10, 20, 30, 40])
+    ids = np.array([0, 0, 1, -1, 2])
+    segments = marker_segments(stamps, ids, ids >= 0, end_ns=100)
+    assert segments == [(0, 20), (20, 30), (40, 100)]
