@@ -15,7 +15,6 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade 'pip<27'
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
