@@ -32,14 +32,14 @@ field, the value and what is allowed; :meth:`BagSpec.from_dict` also rejects unk
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 import math
 import os
 from typing import Any, Mapping
 
 import yaml
 
-from energyflow_ros.core.config import ConfigError
+from energyflow_ros.core.config import config_to_dict, ConfigError
 from energyflow_ros.data.dataset import DemoError
 
 __all__ = [
@@ -313,13 +313,7 @@ class BagSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-safe form (tuples become lists); ``from_dict`` reads it back."""
-        def plain(value: Any) -> Any:
-            if isinstance(value, (tuple, list)):
-                return [plain(v) for v in value]
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            return value
-        return plain(asdict(self))
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BagSpec:
