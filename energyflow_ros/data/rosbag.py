@@ -14,6 +14,7 @@ frames that would use them are dropped and counted ('<topic>: non-finite value')
 
 from __future__ import annotations
 
+import abc
 from collections import defaultdict
 from contextlib import contextmanager
 import functools
@@ -41,7 +42,7 @@ def _fallback_typestore() -> Typestore:
     return get_typestore(Stores.ROS2_KILTED)
 
 
-class _Extractor:
+class _Extractor(abc.ABC):
     """Collects (stamp, values) of one spec entry from the messages of its topic."""
 
     def __init__(self, bag: str, topic: str, stamp: str, start_ns: int, is_action: bool):
@@ -71,13 +72,13 @@ class _Extractor:
         self.stamps.append(stamp)
         self.rows.append(row)
 
+    @abc.abstractmethod
     def values(self, msg: Any, recv_ns: int) -> np.ndarray:
         """The values of one message, in the spec's order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dim_names(self) -> list[str]:
         """Names of the values, for error messages."""
-        raise NotImplementedError
 
     def stream(self, label: str, limit_s: float) -> Stream:
         """Everything collected, as a :class:`Stream` (checks the stamps are sorted)."""
