@@ -228,6 +228,26 @@ def test_shifted_joint_state_action_and_pose(tmp_path: Path) -> None:
     assert demos.obs_names == ['/tool/position/x', '/tool/position/y', '/tool/position/z']
 
 
+def test_planar_pose_fields_give_x_y_and_yaw(tmp_path: Path) -> None:
+    g = 'geometry_msgs/msg/'
+    yaws = [0.3 * i - 1.2 for i in range(8)]
+    msgs = []
+    for i, yaw in enumerate(yaws):
+        q = TS.types[g + 'Quaternion'](x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2))
+        p = TS.types[g + 'Pose'](position=TS.types[g + 'Point'](x=float(i), y=-2.0 * i, z=9.0),
+                                 orientation=q)
+        ns = T0 + i * NS // 10
+        msgs.append(('/block', POSE, ns, TS.types[POSE](header=header(ns), pose=p)))
+        msgs.append(('/cmd', F64, ns + 1_000_000, multi_array([float(i), 0.0, 0.0])))
+    spec = {'observations': [{'topic': '/block', 'type': 'geometry_msgs/PoseStamped',
+                              'fields': ['x', 'y', 'yaw']}],
+            'action': {'topic': '/cmd', 'type': F64, 'joints': JOINTS}}
+    demos, _ = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    np.testing.assert_allclose(demos.obs, np.c_[np.arange(8.0), -2.0 * np.arange(8), yaws],
+                               atol=1e-12)
+    assert demos.obs_names == ['/block/x', '/block/y', '/block/yaw']
+
+
 def test_spec_rejects_unknown_key_and_bad_values(tmp_path: Path) -> None:
     bad = {**SPEC, 'observations': [{**SPEC['observations'][0], 'jionts': ['a']}]}
     with pytest.raises(BagSpecError, match=r"observations\[0\]: unknown key\(s\) \['jionts'\]"):

@@ -43,7 +43,7 @@ from energyflow_ros.core.config import config_to_dict, ConfigError
 from energyflow_ros.data.dataset import DemoError
 
 __all__ = [
-    'BagSpecError', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec', 'load_bag_spec',
+    'BagSpecError', 'POSE_AXES', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec', 'load_bag_spec',
     'JOINT_STATE', 'MULTI_ARRAY', 'POSE_STAMPED', 'JOINT_TRAJECTORY', 'BOOL', 'INT32',
 ]
 
@@ -58,8 +58,12 @@ OBS_TYPES = (JOINT_STATE, MULTI_ARRAY, POSE_STAMPED)
 ACTION_TYPES = (MULTI_ARRAY, JOINT_TRAJECTORY, JOINT_STATE)
 MARKER_TYPES = (BOOL, INT32)
 HEADERLESS = (MULTI_ARRAY, BOOL, INT32)
+# PoseStamped fields and the dimensions each contributes; 'yaw' is the heading about z
+# (planar poses such as a pushed block), the single axes pick one coordinate.
+POSE_AXES = {'position': ('x', 'y', 'z'), 'orientation': ('x', 'y', 'z', 'w'),
+             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',)}
 FIELD_CHOICES = {JOINT_STATE: ('position', 'velocity', 'effort'),
-                 POSE_STAMPED: ('position', 'orientation')}
+                 POSE_STAMPED: tuple(POSE_AXES)}
 DEFAULT_FIELDS = {JOINT_STATE: ('position',), POSE_STAMPED: ('position', 'orientation'),
                   MULTI_ARRAY: ()}
 ALIGN_MODES = ('hold', 'asof')
@@ -130,7 +134,8 @@ class StreamSpec:
             geometry_msgs/msg/PoseStamped (the short form 'pkg/Type' is accepted).
         joints: JointState only: joint names, matched by name in every message.
         fields: JointState: any of position, velocity, effort (default position);
-            PoseStamped: any of position (x y z), orientation (qx qy qz qw) (default both).
+            PoseStamped: any of position (x y z), orientation (qx qy qz qw), or the single
+            values x, y, z, yaw (heading about z) (default position and orientation).
         size: Float64MultiArray only: the length every message must have.
         stamp: 'header' or 'receive' (the recorder's receive time); default header when the
             type has one, receive otherwise.
@@ -182,7 +187,7 @@ class StreamSpec:
             return len(self.joints) * len(self.fields)
         if self.type == MULTI_ARRAY:
             return int(self.size or 0)
-        return sum(3 if f == 'position' else 4 for f in self.fields)
+        return sum(len(POSE_AXES[f]) for f in self.fields)
 
     def names(self) -> list[str]:
         """One name per dimension, e.g. '/joint_states/elbow/position'."""
@@ -190,8 +195,7 @@ class StreamSpec:
             return [f'{self.topic}/{j}/{f}' for j in self.joints for f in self.fields]
         if self.type == MULTI_ARRAY:
             return [f'{self.topic}/{i}' for i in range(self.dim)]
-        axes = {'position': 'xyz', 'orientation': 'xyzw'}
-        return [f'{self.topic}/{f}/{a}' for f in self.fields for a in axes[f]]
+        return [f'{self.topic}/{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]
 
 
 @dataclass(frozen=True)

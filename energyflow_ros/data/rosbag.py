@@ -18,6 +18,7 @@ import abc
 from collections import defaultdict
 from contextlib import contextmanager
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -30,7 +31,7 @@ from rosbags.typesys.store import Typestore
 from energyflow_ros.data.align import (
     NS, ReadReport, Stream, assemble_frames, clock_ticks, gap_segments, marker_segments)
 from energyflow_ros.data.bag_config import (
-    BOOL, JOINT_STATE, JOINT_TRAJECTORY, POSE_STAMPED, ActionSpec, BagSpec,
+    BOOL, JOINT_STATE, JOINT_TRAJECTORY, POSE_AXES, POSE_STAMPED, ActionSpec, BagSpec,
     StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
 
@@ -166,12 +167,13 @@ class _PoseValues(_Extractor):
 
     def values(self, msg: Any, recv_ns: int) -> np.ndarray:
         p, q = msg.pose.position, msg.pose.orientation
-        parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w]}
+        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+        parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w],
+                 'x': [p.x], 'y': [p.y], 'z': [p.z], 'yaw': [yaw]}
         return np.array([v for f in self.fields for v in parts[f]])
 
     def dim_names(self) -> list[str]:
-        return [f'{f}/{a}' for f in self.fields for a in
-                {'position': 'xyz', 'orientation': 'xyzw'}[f]]
+        return [f'{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]
 
 
 class _MarkerValues(_Extractor):
