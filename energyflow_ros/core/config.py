@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import math
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -217,12 +218,17 @@ class ProbabilityFlowConfig:
         n_steps: Euler steps from t = 1 (or the warm-start time) down to ``t_end``.
         t_end: final time; sigma(t_end) is the last noise level visited.
         warm_start_t: time from which a warm-started chunk is re-noised and integrated.
+        rank_sigma: noise scale at which the final particles are ranked (normalised action
+            units). Ranking at sigma_min trusts the energy where DSM trained it least (only
+            sigma_min-close to the data); on obstacles2d (MLP, 15k steps) ranking at 0.1
+            instead of 0.01 cut collisions from 0.12 to 0.00 at equal success and mode balance.
     """
 
     n_particles: int = 16
     n_steps: int = 20
     t_end: float = 1e-3
     warm_start_t: float = 0.35
+    rank_sigma: float = 0.1
 
     def __post_init__(self) -> None:
         _positive_int('ProbabilityFlowConfig', 'n_particles', self.n_particles)
@@ -231,6 +237,8 @@ class ProbabilityFlowConfig:
                  'a number in [0, 1)')
         _require(self.t_end < self.warm_start_t <= 1, 'ProbabilityFlowConfig', 'warm_start_t',
                  self.warm_start_t, f'a number in (t_end = {self.t_end}, 1]')
+        _require(isinstance(self.rank_sigma, (int, float)) and 0 < self.rank_sigma < math.inf,
+                 'ProbabilityFlowConfig', 'rank_sigma', self.rank_sigma, 'a number > 0')
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ class ProbabilityFlowSampler:
     From t = 1 (a ~ N(0, sigma_max**2 I)) down to ``t_end``:
     ``a <- a - 0.5 * d(sigma**2)/dt * grad_a E(o, a, sigma(t)) * dt``. A warm start re-noises
     ``init`` to sigma(warm_start_t) and integrates from there with the same step count.
+    Particles are ranked at ``cfg.rank_sigma`` (see :class:`ProbabilityFlowConfig`).
     """
 
     def __init__(self, energy: EnergyFn, schedule: VESchedule, cfg: ProbabilityFlowConfig,
@@ -172,7 +173,7 @@ class ProbabilityFlowSampler:
             _, g = candidate_energies_and_grads(self.energy, obs, a, sigma)
             a = a - 0.5 * float(sched.dsigma2_dt(torch.tensor(sigma))) * (t - t_next) * g
         with torch.no_grad():
-            e = candidate_energies(self.energy, obs, a, sched.sigma_min)
+            e = candidate_energies(self.energy, obs, a, cfg.rank_sigma)
         return select_lowest(e, a)
 
 
