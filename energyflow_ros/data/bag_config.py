@@ -61,7 +61,7 @@ HEADERLESS = (MULTI_ARRAY, BOOL, INT32)
 # PoseStamped fields and the dimensions each contributes; 'yaw' is the heading about z
 # (planar poses such as a pushed block), the single axes pick one coordinate.
 POSE_AXES = {'position': ('x', 'y', 'z'), 'orientation': ('x', 'y', 'z', 'w'),
-             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',)}
+             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',), 'yaw_2pi': ('',)}
 FIELD_CHOICES = {JOINT_STATE: ('position', 'velocity', 'effort'),
                  POSE_STAMPED: tuple(POSE_AXES)}
 DEFAULT_FIELDS = {JOINT_STATE: ('position',), POSE_STAMPED: ('position', 'orientation'),
@@ -135,7 +135,8 @@ class StreamSpec:
         joints: JointState only: joint names, matched by name in every message.
         fields: JointState: any of position, velocity, effort (default position);
             PoseStamped: any of position (x y z), orientation (qx qy qz qw), or the single
-            values x, y, z, yaw (heading about z) (default position and orientation).
+            values x, y, z, yaw (heading about z in [-pi, pi)), yaw_2pi (the same in
+            [0, 2 pi)) (default position and orientation).
         size: Float64MultiArray only: the length every message must have.
         stamp: 'header' or 'receive' (the recorder's receive time); default header when the
             type has one, receive otherwise.

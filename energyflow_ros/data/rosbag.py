@@ -35,7 +35,7 @@ from energyflow_ros.data.bag_config import (
     StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
 
-__all__ = ['read_rosbag']
+__all__ = ['read_rosbag', 'pose_field_values']
 
 
 @functools.lru_cache(maxsize=1)
@@ -160,17 +160,26 @@ class _MultiArrayValues(_Extractor):
         return self.names
 
 
+def pose_field_values(pose: Any, fields: tuple[str, ...] | list[str]) -> np.ndarray:
+    """The named fields (see ``bag_config.POSE_AXES``) of a geometry_msgs Pose, in order.
+
+    Shared with the recorder so that what it saves and what is read back agree bit for bit.
+    """
+    p, q = pose.position, pose.orientation
+    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+    parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w],
+             'x': [p.x], 'y': [p.y], 'z': [p.z], 'yaw': [yaw],
+             'yaw_2pi': [yaw % (2.0 * math.pi)]}
+    return np.array([v for f in fields for v in parts[f]], dtype=np.float64)
+
+
 class _PoseValues(_Extractor):
     def __init__(self, fields: tuple[str, ...], *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields = fields
 
     def values(self, msg: Any, recv_ns: int) -> np.ndarray:
-        p, q = msg.pose.position, msg.pose.orientation
-        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-        parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w],
-                 'x': [p.x], 'y': [p.y], 'z': [p.z], 'yaw': [yaw]}
-        return np.array([v for f in self.fields for v in parts[f]])
+        return pose_field_values(msg.pose, self.fields)
 
     def dim_names(self) -> list[str]:
         return [f'{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]

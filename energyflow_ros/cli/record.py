@@ -1,0 +1,245 @@
+"""``energyflow-record``: demonstrate a task over ROS topics and record them as a rosbag2 bag.
+
+It starts ``sim_node`` (the simulated arm) in its own process, drives it with the task's
+scripted expert over real DDS — reading ``/joint_states`` and ``/task/object_pose``, sending
+``/forward_position_controller/commands`` — and records what ``ros2 bag record`` would have
+recorded (every message with its receive time) with the ``rosbags`` writer. Next to the bag it
+writes ``bag_spec.yaml`` (how the trainer reads it) and ``demos.npz`` (the observation/action
+pairs the expert actually used), and it checks that reading the bag gives identical arrays.
+
+One command per simulator step: the expert acts when the status of a new step has arrived
+together with the joint state and pose of that step (equal header stamps, newer than the last
+ones used), and publishes the episode number on ``/demo/episode`` (once per episode, received back before
+the episode's first command is sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, Int32, String
+import yaml
+
+from energyflow_ros.data.bag_writer import BagRecorder, STORAGES
+from energyflow_ros.data.dataset import DemoSet
+from energyflow_ros.data.rosbag import pose_field_values, read_rosbag
+from energyflow_ros.nodes.params import command_qos, reliable_qos
+from energyflow_ros.sim.registry import make_expert, make_task, task_names
+
+__all__ = ['POSE_FIELDS', 'ExpertDriver', 'bag_spec_for', 'record', 'main']
+
+# Per task, the PoseStamped fields that carry the non-joint part of the observation.
+POSE_FIELDS = {'obstacles2d': ('x', 'y'), 'pusht': ('x', 'y', 'yaw_2pi')}
+TOPICS = {'joints': '/joint_states', 'pose': '/task/object_pose', 'status': '/task/status',
+          'command': '/forward_position_controller/commands', 'episode': '/demo/episode'}
+TYPES = {'joints': 'sensor_msgs/msg/JointState', 'pose': 'geometry_msgs/msg/PoseStamped',
+         'status': 'std_msgs/msg/String', 'command': 'std_msgs/msg/Float64MultiArray',
+         'episode': 'std_msgs/msg/Int32'}
+
+
+def bag_spec_for(task_name: str) -> dict[str, Any]:
+    """The bag spec (``data.bag_config`` YAML form) that reads a recording of ``task_name``."""
+    info = make_task(task_name).info
+    joints = list(info.action_names)
+    return {
+        'align': 'hold', 'tolerance_s': 0.5,
+        'observations': [
+            {'topic': TOPICS['joints'], 'type': TYPES['joints'], 'joints': joints,
+             'fields': ['position'], 'stamp': 'header'},
+            {'topic': TOPICS['pose'], 'type': TYPES['pose'],
+             'fields': list(POSE_FIELDS[task_name]), 'stamp': 'header'}],
+        'action': {'topic': TOPICS['command'], 'type': TYPES['command'], 'joints': joints},
+        'episodes': {'topic': TOPICS['episode'], 'type': TYPES['episode']},
+    }
+
+
+class ExpertDriver(Node):
+    """Drives sim_node with the scripted expert and records every message it sees."""
+
+    def __init__(self, task_name: str, recorder: BagRecorder) -> None:
+        """Build the expert for ``task_name`` and subscribe to the simulator's topics."""
+        super().__init__('expert_driver')
+        self.task = make_task(task_name)
+        self.expert = make_expert(self.task)
+        self.joints = list(self.task.info.action_names)
+        self.pose_fields = POSE_FIELDS[task_name]
+        self.recorder = recorder
+        self.latest: dict[str, Any] = {}
+        self.status: dict[str, Any] | None = None
+        self.acted: tuple[int, int] | None = None
+        self.marked: int | None = None
+        self.last_stamp = -1
+        self.frames: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.finished = threading.Event()
+        self.command_pub = self.create_publisher(Float64MultiArray, TOPICS['command'],
+                                                 command_qos())
+        self.episode_pub = self.create_publisher(Int32, TOPICS['episode'], reliable_qos())
+        for key, cls, qos in (('joints', JointState, 10), ('pose', PoseStamped, 10),
+                              ('status', String, reliable_qos()),
+                              ('command', Float64MultiArray, command_qos()),
+                              ('episode', Int32, reliable_qos())):
+            self.create_subscription(cls, TOPICS[key], self._callback(key, cls), qos, raw=True)
+
+    def _callback(self, key: str, cls: type) -> Any:
+        # raw subscriptions hand over the CDR bytes as they came off the wire, which is what
+        # ros2 bag record stores (rclpy's serialize_message pads the buffer).
+        def on_message(raw: bytes) -> None:
+            now = self.get_clock().now().nanoseconds
+            self.recorder.add(TOPICS[key], TYPES[key], now, raw)
+            msg = deserialize_message(raw, cls)
+            if key in ('joints', 'pose'):
+                self.latest[key] = msg
+            elif key == 'status':
+                self.status = json.loads(msg.data)
+                if self.status.get('finished'):
+                    self.finished.set()
+            elif key == 'episode':
+                self.marked = msg.data
+            if key != 'command':
+                self._maybe_act()
+        return on_message
+
+    def _state(self) -> tuple[int, np.ndarray] | None:
+        js, pose = self.latest.get('joints'), self.latest.get('pose')
+        if js is None or pose is None:
+            return None
+        stamp = js.header.stamp.sec * 10**9 + js.header.stamp.nanosec
+        if stamp != pose.header.stamp.sec * 10**9 + pose.header.stamp.nanosec:
+            return None
+        lookup = dict(zip(js.name, js.position))
+        obs = np.r_[[lookup[j] for j in self.joints], pose_field_values(pose.pose,
+                                                                          self.pose_fields)]
+        return stamp, obs
+
+    def _maybe_act(self) -> None:
+        status, state = self.status, self._state()
+        if status is None or state is None or status['done'] or status['finished']:
+            return
+        key = (int(status['episode']), int(status['step']))
+        stamp, obs = state
+        if key == self.acted or stamp <= self.last_stamp:
+            return
+        if self.marked != key[0]:
+            # announce the episode and act once its marker has come back, so that the
+            # marker's receive time precedes the first command's in the recording
+            self.episode_pub.publish(Int32(data=key[0]))
+            return
+        if self.acted is None or key[0] != self.acted[0]:
+            self.expert.reset(int(status['seed']))
+        action = np.asarray(self.expert.act(obs), dtype=np.float64)
+        self.command_pub.publish(Float64MultiArray(data=[float(v) for v in action]))
+        self.acted, self.last_stamp = key, stamp
+        self.frames.append((key[0], obs, action))
+
+    def demos(self) -> DemoSet:
+        """The frames the expert acted on, split by episode."""
+        if not self.frames:
+            raise RuntimeError('the expert never acted: is sim_node running on this domain?')
+        episodes = np.array([f[0] for f in self.frames])
+        ends = np.r_[np.flatnonzero(np.diff(episodes)) + 1, len(episodes)]
+        info = self.task.info
+        return DemoSet(obs=np.array([f[1] for f in self.frames]),
+                       actions=np.array([f[2] for f in self.frames]), episode_ends=ends,
+                       obs_names=list(info.obs_names), action_names=list(info.action_names),
+                       meta={'task': info.name, 'control_hz': info.control_hz})
+
+
+def _start_sim(args: argparse.Namespace) -> subprocess.Popen:
+    params = {'task': args.task, 'seed': args.seed, 'episodes': args.episodes,
+              'reset_pause_s': 0.3}
+    cmd = [sys.executable, '-m', 'energyflow_ros.nodes.sim_node', '--ros-args']
+    for key, value in params.items():
+        cmd += ['-p', f'{key}:={value}']
+    return subprocess.Popen(cmd)
+
+
+def record(args: argparse.Namespace) -> dict[str, Any]:
+    """Record ``args.episodes`` expert episodes; returns the paths and the read-back check."""
+    os.makedirs(args.out, exist_ok=True)
+    bag_path = os.path.join(args.out, f'bag_{args.storage}')
+    recorder = BagRecorder(bag_path, args.storage)
+    sim = None if args.no_sim else _start_sim(args)
+    rclpy.init()
+    try:
+        driver = ExpertDriver(args.task, recorder)
+        executor = SingleThreadedExecutor()
+        executor.add_node(driver)
+        deadline = time.monotonic() + args.timeout
+        while not driver.finished.is_set() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        if not driver.finished.is_set():
+            raise RuntimeError(f'no end of recording after {args.timeout:g} s '
+                               f'({len(driver.frames)} frames so far)')
+        demos = driver.demos()
+    finally:
+        rclpy.try_shutdown()
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
+    return _write_outputs(args, recorder, demos)
+
+
+def _write_outputs(args: argparse.Namespace, recorder: BagRecorder,
+                   demos: DemoSet) -> dict[str, Any]:
+    bag = recorder.close()
+    spec = bag_spec_for(args.task)
+    spec_path = os.path.join(args.out, 'bag_spec.yaml')
+    with open(spec_path, 'w', encoding='utf-8') as handle:
+        yaml.safe_dump(spec, handle, sort_keys=False)
+    npz_path = os.path.join(args.out, 'demos.npz')
+    demos.save_npz(npz_path)
+    read, report = read_rosbag(bag, spec)
+    identical = (np.array_equal(read.obs, demos.obs) and np.array_equal(
+        read.actions, demos.actions) and np.array_equal(read.episode_ends, demos.episode_ends))
+    return {'bag': str(bag), 'bag_spec': spec_path, 'npz': npz_path,
+            'episodes': demos.n_episodes, 'frames': len(demos.obs),
+            'messages': recorder.topics(), 'bag_matches_npz': bool(identical),
+            'frames_dropped_on_read': report.frames_dropped}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='energyflow-record', description=__doc__.split('\n')[0])
+    parser.add_argument('--task', default='obstacles2d', choices=sorted(POSE_FIELDS))
+    parser.add_argument('--episodes', type=int, default=10, help='episodes to record')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the first episode')
+    parser.add_argument('--out', default='outputs/record', help='output folder')
+    parser.add_argument('--storage', default='mcap', choices=sorted(STORAGES))
+    parser.add_argument('--timeout', type=float, default=600.0, help='give up after (s)')
+    parser.add_argument('--no-sim', action='store_true',
+                        help='drive an already running sim_node instead of starting one')
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error('--episodes must be >= 1')
+    if args.task not in task_names():
+        parser.error(f'unknown task {args.task!r}')
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Record, then print a JSON summary; exit 1 when the bag does not read back identically."""
+    args = _parse(argv)
+    try:
+        summary = record(args)
+    except (RuntimeError, ValueError) as exc:
+        print(f'energyflow-record: error: {exc}', file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0 if summary['bag_matches_npz'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
