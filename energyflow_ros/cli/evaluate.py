@@ -1,0 +1,272 @@
+"""``energyflow-eval``: train and evaluate every method on every task over several seeds.
+
+Each run is the trainer on ``config/train_<task>.yaml`` with the method switched, the seed
+changed and the network width chosen so that every method has about as many parameters as the
+reference method (same data, same budget). Results go to ``<out>/quality.json`` (one record per
+task x method) and ``<out>/quality.md``. Finished runs are kept under ``--runs-dir`` and reused
+when the benchmark is run again with the same settings.
+
+    energyflow-eval --smoke                      # tiny, seconds: checks the pipeline
+    energyflow-eval --tasks obstacles2d --seeds 3
+    energyflow-eval                              # the full benchmark (GPU recommended)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from energyflow_ros.core.config import ChunkSpec, config_from_dict, ConfigError
+from energyflow_ros.core.methods import BackboneConfig, build_method, METHODS
+from energyflow_ros.core.networks import count_parameters
+from energyflow_ros.data.dataset import DemoError
+from energyflow_ros.sim.registry import make_task, task_names
+from energyflow_ros.training.trainer import load_train_config, train, TrainConfig, TrainError
+
+PROG = 'energyflow-eval'
+METHOD_ORDER = ('energyflow', 'rnce', 'irnce', 'ibc', 'diffusion', 'mse')
+RECORD_KEYS = ('task', 'method', 'seeds', 'success_mean', 'success_std', 'metric_name',
+               'metric_mean', 'metric_std', 'params', 'train_s', 'infer_ms')
+# --smoke: a tiny MLP, a few steps and short episodes; small sampler settings per method.
+SMOKE = ['data.n_episodes=10', 'optim.steps=10', 'optim.batch_size=32', 'optim.warmup_steps=2',
+         'optim.lr=1e-3', 'backbone.kind=mlp', 'backbone.mlp.depth=2', 'eval.episodes=2',
+         'eval.max_steps=20', 'checkpoint_every=10', 'log_every=10']
+SMOKE_METHODS = {
+    'energyflow': {'flow': {'n_particles': 4, 'n_steps': 4}},
+    'rnce': {'n_negatives': 8, 'proposal': {'n_components': 2, 'hidden': 16, 'depth': 1},
+             'langevin': {'n_particles': 8, 'n_scales': 1, 'steps_per_scale': 2,
+                          'step_size': 1e-3, 'noise': 0.0}},
+    'irnce': {'n_negatives': 8, 'proposal': {'n_components': 2, 'hidden': 16, 'depth': 1},
+              'langevin': {'n_particles': 8, 'n_scales': 2, 'steps_per_scale': 2}},
+    'ibc': {'n_negatives': 16, 'dfo': {'n_samples': 32, 'iterations': 2}},
+    'diffusion': {'ddim': {'train_steps': 20, 'sample_steps': 4}},
+    'mse': {},
+}
+SMOKE_PARAMS = 5_000
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
+    parser.add_argument('--tasks', help=f'comma-separated subset of {task_names()} '
+                                        '(default: all; --smoke: obstacles2d)')
+    parser.add_argument('--methods', default=','.join(METHOD_ORDER),
+                        help='comma-separated subset of the methods')
+    parser.add_argument('--seeds', type=int, default=3, help='training seeds per method')
+    parser.add_argument('--smoke', action='store_true', help='tiny settings for a CI check')
+    parser.add_argument('--reference', default='energyflow',
+                        help='method whose parameter count every method is matched to')
+    parser.add_argument('--config-dir', help='folder of train_<task>.yaml (default: the '
+                                             "package's config folder)")
+    parser.add_argument('--out', default='benchmarks/results', help='where results go')
+    parser.add_argument('--runs-dir', default='outputs/eval_runs', help='training runs')
+    parser.add_argument('overrides', nargs='*', metavar='key.sub=value',
+                        help='train config overrides applied to every run')
+    args = parser.parse_intermixed_args(argv)
+    tasks = args.tasks or ('obstacles2d' if args.smoke else ','.join(task_names()))
+    args.tasks, args.methods = tasks.split(','), args.methods.split(',')
+    for label, chosen, allowed in (('task', args.tasks, task_names()),
+                                   ('method', args.methods + [args.reference], list(METHODS))):
+        unknown = sorted(set(chosen) - set(allowed))
+        if unknown:
+            parser.error(f'unknown {label}(s) {unknown}; allowed: {sorted(allowed)}')
+    if args.seeds < 1:
+        parser.error('--seeds must be >= 1')
+    return args
+
+
+def config_path(task: str, config_dir: str | None) -> str:
+    """``train_<task>.yaml`` in ``config_dir``, the checkout, or the installed share folder."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    folders = [config_dir] if config_dir else [
+        os.path.join(here, 'config'), os.path.join(sys.prefix, 'share', 'energyflow_ros',
+                                                   'config')]
+    for folder in folders:
+        path = os.path.join(folder, f'train_{task}.yaml')
+        if os.path.exists(path):
+            return path
+    raise ConfigError(f'no train_{task}.yaml in {folders}')
+
+
+def task_chunk_spec(cfg: TrainConfig) -> ChunkSpec:
+    """The chunk shapes of ``cfg``'s task (stacked observation, action, horizon)."""
+    task = make_task(cfg.task, **cfg.task_kwargs)
+    task.close()
+    return ChunkSpec(cfg.n_obs * task.info.obs_dim, task.info.action_dim, cfg.horizon)
+
+
+def method_parameters(cfg: TrainConfig, spec: ChunkSpec, method: str,
+                      backbone: dict[str, Any]) -> int:
+    """Trainable parameters of ``method`` (with its config in ``cfg``) on ``backbone``."""
+    return count_parameters(build_method(method, spec, backbone, cfg.method_config.get(method)))
+
+
+def _backbone_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return {'kind': cfg.backbone.kind, 'mlp': vars(cfg.backbone.mlp).copy(),
+            'unet': {**vars(cfg.backbone.unet), 'channels': list(cfg.backbone.unet.channels)}}
+
+
+def matched_backbone(cfg: TrainConfig, spec: ChunkSpec, method: str, target: int
+                     ) -> dict[str, Any]:
+    """The backbone of ``cfg`` resized so that ``method`` has about ``target`` parameters.
+
+    MLPs (and MSE, which is always an MLP) change their hidden width; U-Nets scale their
+    channels (kept divisible by the GroupNorm groups).
+    """
+    base = _backbone_dict(cfg)
+    if cfg.backbone.kind == 'mlp' or method == 'mse':
+        low, high = 4, 8192
+        while low < high:
+            mid = (low + high) // 2
+            trial = {**base, 'mlp': {**base['mlp'], 'hidden': mid}}
+            if method_parameters(cfg, spec, method, trial) < target:
+                low = mid + 1
+            else:
+                high = mid
+        options = [{**base, 'mlp': {**base['mlp'], 'hidden': h}} for h in (max(4, low - 1), low)]
+    else:
+        groups = base['unet']['groups']
+        options = [{**base, 'unet': {**base['unet'], 'channels': [
+            max(groups, groups * round(c * s / 16 / groups)) for c in cfg.backbone.unet.channels
+        ]}} for s in range(4, 33)]
+    return min(options, key=lambda b: abs(method_parameters(cfg, spec, method, b) - target))
+
+
+def _infer_ms(trainer: Any, repeats: int = 10) -> float:
+    """Median milliseconds to sample one chunk for one observation with the EMA model."""
+    sampler = trainer.ema.model.sampler()
+    obs = trainer.obs[:1]
+    gen = torch.Generator(obs.device).manual_seed(0)
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        sampler.sample(obs, gen)
+        if obs.device.type == 'cuda':
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def run_one(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or reuse) one run and return its final evaluation, size and timings."""
+    result = train(cfg, resume=True, log=lambda line: None)
+    trainer = result.trainer
+    final = next(row for row in reversed(trainer.metrics) if 'eval_success' in row)
+    eval_s = sum(row.get('eval_wall_s', 0.0) for row in trainer.metrics)
+    return {'row': final, 'params': count_parameters(trainer.method),
+            'train_s': max(0.0, trainer.elapsed_s - eval_s), 'infer_ms': _infer_ms(trainer)}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(task: str, method: str, seeds: list[int], runs: list[dict[str, Any]],
+              metric_name: str) -> dict[str, Any]:
+    """One quality record (keys :data:`RECORD_KEYS`) from the runs of every seed."""
+    success = _mean_std([r['row']['eval_success'] for r in runs])
+    metric = _mean_std([r['row'].get(f'eval_{metric_name}', float('nan')) for r in runs])
+    return dict(zip(RECORD_KEYS, (
+        task, method, seeds, success[0], success[1], metric_name, metric[0], metric[1],
+        runs[0]['params'], statistics.fmean(r['train_s'] for r in runs),
+        statistics.fmean(r['infer_ms'] for r in runs))))
+
+
+def _task_configs(task: str, args: argparse.Namespace) -> dict[str, TrainConfig]:
+    """The train config of every method on ``task``, widths matched to the reference."""
+    extra = [*(SMOKE if args.smoke else []), 'eval.every=0', 'eval.final=true',
+             'progress=false', *args.overrides]
+    if args.smoke:
+        extra.append(f'method_config={json.dumps(SMOKE_METHODS)}')
+    base = load_train_config(config_path(task, args.config_dir), extra)
+    spec = task_chunk_spec(base)
+    target = SMOKE_PARAMS if args.smoke else method_parameters(
+        base, spec, args.reference, _backbone_dict(base))
+    return {method: dataclasses.replace(base, method=method, backbone=config_from_dict(
+        BackboneConfig, matched_backbone(base, spec, method, target), 'backbone'))
+        for method in args.methods}
+
+
+def _markdown(records: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    s = settings
+    lines = ['# Policy quality: every method on every task', '', (
+        f'Generated by `{PROG}` ({s["mode"]}) on {s["machine"]}, torch {s["torch"]}, device '
+        f'{s["device"]}. Each cell is the mean ± std over training seeds {s["seeds"]} of the '
+        f'final closed-loop evaluation of the EMA weights ({s["episodes"]} episodes per '
+        'seed). Network widths are chosen so every method has about as many parameters as '
+        f'`{s["reference"]}`; train s excludes evaluation; infer ms is one chunk for one '
+        'observation.'), '']
+    for task in dict.fromkeys(r['task'] for r in records):
+        rows = [r for r in records if r['task'] == task]
+        metric = rows[0]['metric_name']
+        lines += [f'## {task}', '',
+                  f'| method | success | {metric} | params | train s | infer ms |',
+                  '|---|---|---|---|---|---|']
+        lines += [(f'| {r["method"]} | {r["success_mean"]:.3f} ± {r["success_std"]:.3f} | '
+                   f'{r["metric_mean"]:.3f} ± {r["metric_std"]:.3f} | {r["params"]:,} | '
+                   f'{r["train_s"]:.2f} | {r["infer_ms"]:.2f} |') for r in rows]
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def write_results(records: list[dict[str, Any]], settings: dict[str, Any], out: str) -> None:
+    """Write ``quality.json`` ({settings, records}) and ``quality.md`` to ``out``."""
+    os.makedirs(out, exist_ok=True)
+    summary = json.dumps({'settings': settings, 'records': records}, indent=2) + '\n'
+    for name, text in (('quality.json', summary), ('quality.md', _markdown(records, settings))):
+        tmp = os.path.join(out, f'.{name}.tmp')
+        with open(tmp, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+        os.replace(tmp, os.path.join(out, name))
+
+
+def _evaluate_task(task: str, args: argparse.Namespace, settings: dict[str, Any]
+                   ) -> list[dict[str, Any]]:
+    configs = _task_configs(task, args)
+    metric_name = make_task(task).info.metric_name
+    records = []
+    for method, cfg in configs.items():
+        runs = []
+        for seed in range(args.seeds):
+            out_dir = os.path.join(args.runs_dir, settings['mode'], task, method, f'seed{seed}')
+            runs.append(run_one(dataclasses.replace(cfg, seed=seed, out_dir=out_dir)))
+        record = aggregate(task, method, list(range(args.seeds)), runs, metric_name)
+        print(f"  {task:<12} {method:<11} success {record['success_mean']:.3f} ± "
+              f"{record['success_std']:.3f}  {metric_name} {record['metric_mean']:.3f}  "
+              f"params {record['params']:,}  train {record['train_s']:.1f} s  "
+              f"infer {record['infer_ms']:.2f} ms", flush=True)
+        settings['episodes'], settings['device'] = cfg.eval.episodes, cfg.device
+        records.append(record)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: train and evaluate the grid, print a line per record, write the results."""
+    args = _parse(argv)
+    settings = {'mode': 'smoke' if args.smoke else 'full', 'seeds': list(range(args.seeds)),
+                'reference': args.reference, 'overrides': list(args.overrides),
+                'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+                'torch': torch.__version__, 'episodes': 0, 'device': ''}
+    print(f'{PROG}: {len(args.tasks)} task(s) x {len(args.methods)} method(s) x '
+          f'{args.seeds} seed(s) ({settings["mode"]})', flush=True)
+    try:
+        records = [r for task in args.tasks for r in _evaluate_task(task, args, settings)]
+    except (ConfigError, DemoError, TrainError, OSError, ValueError) as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    write_results(records, settings, args.out)
+    print(f"wrote {os.path.join(args.out, 'quality.md')} and quality.json")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Exponential moving average of a module's weights, the weights that are evaluated and exported.
+
+The effective decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so short
+runs are not dominated by the random initialisation (as in Diffusion Policy's EMA model).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ['ExponentialMovingAverage']
+
+
+class ExponentialMovingAverage:
+    """Shadow copy of a module whose floating-point weights track the module's with decay.
+
+    Attributes:
+        decay: the asymptotic decay (e.g. 0.9999).
+        model: the shadow module (eval mode, no gradients); buffers are copied, not averaged.
+        updates: number of :meth:`update` calls so far.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        """Start the average at ``module``'s current weights.
+
+        Raises:
+            ValueError: ``decay`` is not in [0, 1).
+        """
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f'EMA decay = {decay!r} is invalid: expected a number in [0, 1)')
+        self.decay = float(decay)
+        self.model = copy.deepcopy(module).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        """The decay the next update applies (warmed up over the first updates)."""
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the shadow weights towards ``module``'s: w <- d * w + (1 - d) * w_module."""
+        d = self.current_decay()
+        source = module.state_dict()
+        for name, shadow in self.model.state_dict().items():
+            value = source[name]
+            if shadow.dtype.is_floating_point:
+                shadow.mul_(d).add_(value.detach(), alpha=1.0 - d)
+            else:
+                shadow.copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow weights, loadable straight into a module of the same kind."""
+        return self.model.state_dict()
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], updates: int) -> None:
+        """Restore shadow weights (from :meth:`state_dict`) and the update count."""
+        self.model.load_state_dict(weights)
+        self.updates = int(updates)

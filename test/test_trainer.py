@@ -1,0 +1,291 @@
+"""The trainer: validated configs, deterministic resumable training, checkpoints, learning."""
+
+import csv
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from energyflow_ros.core.config import ConfigError, config_from_dict, config_to_dict
+from energyflow_ros.core.methods import METHODS
+from energyflow_ros.data.dataset import DemoError, DemoSet
+from energyflow_ros.sim.demos import collect_demos
+from energyflow_ros.sim.rollout import evaluate_policy
+from energyflow_ros.training.checkpoint import load_checkpoint
+from energyflow_ros.training.data_source import (
+    BatchOrder, DataConfig, expert_cache_path, load_demos, TRAIN_META_KEYS,
+)
+from energyflow_ros.training.ema import ExponentialMovingAverage
+from energyflow_ros.training.policy import ChunkPolicy
+from energyflow_ros.training.trainer import (
+    apply_overrides, load_train_config, lr_factor, train, TrainConfig, TrainError,
+)
+from test.test_data_lerobot import write_lerobot
+from test.test_data_robomimic import write_robomimic
+from test.test_data_rosbag import arm_messages, SPEC as BAG_SPEC, write_bag
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_METHODS = {
+    'rnce': {'n_negatives': 8, 'proposal': {'n_components': 4, 'hidden': 32, 'depth': 1},
+             'langevin': {'n_particles': 8, 'n_scales': 1, 'steps_per_scale': 2,
+                          'step_size': 1e-3, 'noise': 0.0}},
+    'irnce': {'n_negatives': 8, 'proposal': {'n_components': 4, 'hidden': 32, 'depth': 1},
+              'langevin': {'n_particles': 8, 'n_scales': 2, 'steps_per_scale': 1}},
+    'energyflow': {'flow': {'n_particles': 4, 'n_steps': 3}},
+    'ibc': {'n_negatives': 8, 'dfo': {'n_samples': 16, 'iterations': 2}},
+    'diffusion': {'ddim': {'train_steps': 20, 'sample_steps': 3}},
+    'mse': {},
+}
+
+
+@pytest.fixture(scope='module')
+def demo_npz(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('demos') / 'obstacles2d.npz')
+    collect_demos('obstacles2d', 20, seed=0).save_npz(path)
+    return path
+
+
+def tiny(out_dir, npz, *extra, method='mse', steps=20):
+    """Overrides for a tiny, fast run on the obstacles2d demos in ``npz``."""
+    return load_train_config(None, [
+        'task=obstacles2d', 'data.source=npz', f'data.path={npz}', f'method={method}',
+        f'method_config={{{method}: {TINY_METHODS[method]}}}', 'backbone.mlp.hidden=16',
+        'backbone.mlp.depth=2', 'horizon=4', 'executed_steps=2', 'optim.batch_size=16',
+        f'optim.steps={steps}', 'optim.lr=1e-3', 'optim.warmup_steps=2', 'eval.final=false',
+        'checkpoint_every=5', 'log_every=5', 'progress=false', 'device=cpu',
+        f'out_dir={out_dir}', *extra])
+
+
+def quiet(_):
+    """Swallow the trainer's progress lines."""
+
+
+@pytest.mark.parametrize('name', ['obstacles2d', 'pusht', 'blockpush'])
+def test_shipped_configs_load_and_round_trip(name):
+    cfg = load_train_config(os.path.join(REPO, 'config', f'train_{name}.yaml'))
+    assert cfg.task == name
+    assert set(cfg.method_config) == set(METHODS), 'every method is configured'
+    assert config_from_dict(TrainConfig, config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize('data, unknown', [
+    ({'optim': {'lrr': 1.0}}, "['lrr']"), ({'epochs': 3}, "['epochs']"),
+    ({'method_config': {'rnce': {'negatives': 3}}}, "['negatives']"),
+    ({'eval': {'episode': 3}}, "['episode']"), ({'data': {'sorce': 'npz'}}, "['sorce']")])
+def test_unknown_fields_are_rejected_by_name(data, unknown):
+    with pytest.raises(ConfigError, match=r'unknown field\(s\) ' + re.escape(unknown)):
+        config_from_dict(TrainConfig, data, 'config')
+
+
+@pytest.mark.parametrize('overrides, field', [
+    (['executed_steps=9', 'horizon=8'], 'executed_steps'), (['method=gail'], 'method'),
+    (['method_config={gail: {}}'], 'method_config'), (['device=tpu'], 'device'),
+    (['eval.every=-1'], 'every'), (['optim.lr=0'], 'lr'), (['optim.lr=fast'], 'lr'),
+    (['ema_decay=1.0'], 'ema_decay'), (['task=my_arm'], 'task'),
+    (['method_config={rnce: {n_negatives: 0}}'], 'n_negatives'),
+    (['backbone.kind=unet', 'horizon=6'], 'channels'), (['data.source=csv'], 'source'),
+    (['data.source=npz'], 'path'), (['optim.batch_size=2.5'], 'batch_size')])
+def test_bad_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_train_config(None, overrides)
+
+
+def test_overrides_parse_yaml_values_and_reject_bad_keys():
+    data = apply_overrides({'optim': {'lr': 1.0}}, [
+        'optim.lr=1e-3', 'backbone.unet.channels=[8, 16]', 'eval.warm_start=true', 'out_dir=x'])
+    assert data['optim']['lr'] == pytest.approx(1e-3) and isinstance(data['optim']['lr'], float)
+    assert data['backbone']['unet']['channels'] == [8, 16]
+    assert data['eval']['warm_start'] is True and data['out_dir'] == 'x'
+    for bad in ('optim.lr', '=3', 'optim..lr=1'):
+        with pytest.raises(ConfigError, match='bad override'):
+            apply_overrides({}, [bad])
+    with pytest.raises(ConfigError, match='seed is not a mapping'):
+        apply_overrides({'seed': 1}, ['seed.x=1'])
+
+
+def test_lr_factor_warms_up_linearly_then_decays_by_cosine():
+    assert lr_factor(0, 10, 110, 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 110, 0.0) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110, 0.0) == pytest.approx(0.5)
+    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert lr_factor(35, 10, 110, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_batch_order_covers_each_epoch_once_and_resumes_exactly():
+    order = BatchOrder(10, 4, seed=3)
+    first = np.concatenate([order.next() for _ in range(5)])  # 20 = two epochs
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:]) == list(range(10))
+    a, b = BatchOrder(10, 4, seed=3), BatchOrder(10, 4, seed=3)
+    for _ in range(3):
+        a.next()
+        b.next()
+    c = BatchOrder(10, 4, seed=3)
+    c.load_state_dict(b.state_dict())
+    assert all(np.array_equal(a.next(), c.next()) for _ in range(7))
+    assert not np.array_equal(BatchOrder(10, 10, 4).next(), BatchOrder(10, 10, 3).next())
+
+
+def test_ema_warms_up_and_converges_to_constant_weights():
+    net = torch.nn.Linear(2, 1)
+    ema = ExponentialMovingAverage(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    start = ema.model.weight.clone()
+    ema.update(net)   # decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.model.weight, 0.1 * start + 0.9)
+    for _ in range(200):
+        ema.update(net)
+    assert torch.allclose(ema.model.weight, torch.ones(1, 2), atol=1e-6)
+    assert ema.current_decay() == 0.9 and not ema.model.weight.requires_grad
+    with pytest.raises(ValueError, match='decay'):
+        ExponentialMovingAverage(net, 1.0)
+
+
+def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
+    cfg = DataConfig(source='expert', n_episodes=3, seed=5, cache_dir=str(tmp_path))
+    first = load_demos(cfg, 'obstacles2d')
+    cache = expert_cache_path(cfg, 'obstacles2d', {})
+    assert cache.startswith(str(tmp_path)) and DemoSet.load_npz(cache)
+    assert load_demos(cfg, 'obstacles2d').fingerprint() == first.fingerprint()
+    assert expert_cache_path(cfg, 'obstacles2d', {'n_obstacles': 3}) != cache
+    with pytest.raises(DemoError, match='not found'):
+        load_demos(DataConfig(source='npz', path=str(tmp_path / 'absent.npz')), 'x')
+    with pytest.raises(DemoError, match='not found'):
+        load_demos(DataConfig(source='rosbag', path=str(tmp_path / 'nobag'),
+                              bag_spec='spec.yaml'), 'x')
+
+
+def test_checkpoints_hold_everything_to_resume_and_export(tmp_path, demo_npz):
+    cfg = tiny(tmp_path / 'run', demo_npz, 'eval.final=true', 'eval.episodes=2',
+               'eval.max_steps=10', method='rnce', steps=12)
+    result = train(cfg, log=quiet)
+    final = load_checkpoint(result.final_path)
+    meta = final.payload['train_meta']
+    assert tuple(meta) == TRAIN_META_KEYS
+    assert meta['task'] == 'obstacles2d' and meta['obs_names'][0] == 'robot_x'
+    assert meta['joint_names'] == meta['action_names'] == ['robot_x', 'robot_y']
+    assert (meta['n_obs'], meta['horizon'], meta['executed_steps']) == (2, 4, 2)
+    assert meta['control_period_s'] == pytest.approx(0.1)
+    assert meta['action_low'] == [0.0, 0.0] and meta['action_high'] == [1.0, 1.0]
+    assert meta['data_sha256'] == DemoSet.load_npz(demo_npz).fingerprint()
+    for key in ('ema_state_dict', 'optimizer', 'scheduler', 'step', 'rng', 'train_config',
+                'metrics', 'raw_state_dict'):
+        assert key in final.payload, key
+    assert final.payload['step'] == 12 and final.payload['weights'] == 'ema'
+    state, ema = final.payload['state_dict'], final.payload['ema_state_dict']
+    assert all(torch.equal(state[k], ema[k]) for k in state)
+    latest = torch.load(result.checkpoint_path, weights_only=False)
+    raw = latest['state_dict']
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw), 'checkpoint.pt keeps raw weights'
+    assert config_from_dict(TrainConfig, latest['train_config']) == cfg
+    with open(tmp_path / 'run' / 'metrics.csv') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r['step']) for r in rows] == [5, 10, 12]
+    assert {'loss', 'proposal_nll', 'lr', 'wall_s', 'eval_success'} <= set(rows[0])
+    assert rows[-1]['eval_success'] != '' and rows[0]['eval_success'] == ''
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == [
+        'checkpoint.pt', 'final.pt', 'metrics.csv', 'train_config.yaml']
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_every_method_trains_and_its_checkpoint_drives_a_policy(tmp_path, demo_npz, method):
+    result = train(tiny(tmp_path, demo_npz, method=method, steps=3), log=quiet)
+    assert all(math.isfinite(v) for k, v in result.trainer.metrics[-1].items()
+               if k not in ('step', 'epoch'))
+    policy = ChunkPolicy.from_checkpoint(load_checkpoint(result.final_path), seed=1)
+    obs = np.array([0.1, 0.5, 0.9, 0.5])
+    actions = np.array([policy(obs) for _ in range(5)])
+    assert actions.shape == (5, 2) and np.all((actions >= 0) & (actions <= 1))
+    assert policy.n_plans == 3, 'replans after every 2 executed steps'
+
+
+def _weights(path):
+    payload = torch.load(path, weights_only=False)
+    return payload['state_dict'], payload['raw_state_dict'], payload['optimizer']['state']
+
+
+def test_stopped_then_resumed_run_equals_an_uninterrupted_run(tmp_path, demo_npz):
+    extra = ('eval.every=5', 'eval.episodes=1', 'eval.max_steps=6')
+    whole = train(tiny(tmp_path / 'a', demo_npz, *extra, method='rnce', steps=17), log=quiet)
+    cfg = tiny(tmp_path / 'b', demo_npz, *extra, method='rnce', steps=17)
+    part = train(cfg, stop_after=8, log=quiet)
+    assert part.final_path is None and part.trainer.step == 8
+    with pytest.raises(TrainError, match='--resume'):
+        train(cfg, log=quiet)
+    with pytest.raises(TrainError, match="different \\['optim'\\]"):
+        train(tiny(tmp_path / 'b', demo_npz, *extra, 'optim.lr=0.1', method='rnce', steps=17),
+              resume=True, log=quiet)
+    resumed = train(cfg, resume=True, log=quiet)
+    for a, b in zip(_weights(whole.final_path), _weights(resumed.final_path)):
+        assert a.keys() == b.keys()
+        for key in a:
+            tensors = [(a[key], b[key])] if torch.is_tensor(a[key]) else [
+                (a[key][k], b[key][k]) for k in a[key]]
+            assert all(torch.equal(x, y) for x, y in tensors), key
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if not k.endswith('wall_s')} for row in rows]
+
+    assert timeless(whole.trainer.metrics) == timeless(resumed.trainer.metrics)
+
+
+def test_a_dataset_of_an_unregistered_robot_trains_with_data_bounds(tmp_path, demo_npz):
+    base = ['task=my_arm', 'eval.final=false']
+    with pytest.raises(DemoError, match='control_hz'):
+        train(tiny(tmp_path / 'a', demo_npz, *base), log=quiet)
+    result = train(tiny(tmp_path / 'b', demo_npz, *base, 'data.control_hz=20'), log=quiet)
+    meta = load_checkpoint(result.final_path).payload['train_meta']
+    demos = DemoSet.load_npz(demo_npz)
+    assert meta['task'] == 'my_arm' and meta['control_period_s'] == pytest.approx(0.05)
+    np.testing.assert_allclose(meta['action_low'], demos.actions.min(axis=0))
+    np.testing.assert_allclose(meta['action_high'], demos.actions.max(axis=0))
+
+
+def _dataset_sources(tmp_path):
+    """(data overrides, action names, control period) of a small file of every reader."""
+    bag = write_bag(tmp_path / 'bag', arm_messages(30))
+    spec = tmp_path / 'spec.yaml'
+    spec.write_text(yaml.safe_dump(BAG_SPEC))
+    h5 = write_robomimic(tmp_path / 'demos.hdf5')
+    lerobot = write_lerobot(tmp_path / 'lerobot')
+    return [
+        (['data.source=rosbag', f'data.path={bag}', f'data.bag_spec={spec}'],
+         ['shoulder', 'elbow', 'wrist'], 0.1),
+        (['data.source=robomimic', f'data.path={h5}', 'data.obs_keys=[eef_pos, gripper]'],
+         ['action_0', 'action_1'], 0.05),
+        (['data.source=lerobot', f'data.path={lerobot}'], ['pan', 'lift'], 1 / 30),
+    ]
+
+
+def test_rosbag_robomimic_and_lerobot_data_train(tmp_path, demo_npz):
+    for i, (data, actions, period) in enumerate(_dataset_sources(tmp_path)):
+        cfg = tiny(tmp_path / f'run{i}', demo_npz, 'task=my_arm', 'n_obs=1', *data, steps=2)
+        meta = load_checkpoint(train(cfg, log=quiet).final_path).payload['train_meta']
+        assert meta['action_names'] == meta['joint_names'] == actions, data[0]
+        assert meta['control_period_s'] == pytest.approx(period), data[0]
+
+
+class StraightToGoal:
+    """The trivial policy: head straight for the goal (always clips an obstacle)."""
+
+    def __call__(self, obs):
+        return obs[2:4]
+
+
+def test_short_rnce_training_learns_to_pass_the_obstacles(tmp_path):
+    cfg = load_train_config(os.path.join(REPO, 'config', 'train_obstacles2d.yaml'), [
+        'data.n_episodes=100', f'data.cache_dir={tmp_path}', f'out_dir={tmp_path / "run"}',
+        'backbone.mlp.hidden=128', 'optim.steps=400', 'optim.lr=2e-3', 'optim.warmup_steps=20',
+        'ema_decay=0.99', 'eval.every=0', 'eval.episodes=20', 'progress=false', 'device=cpu'])
+    result = train(cfg, log=quiet)
+    learned = {k: v for k, v in result.trainer.metrics[-1].items() if k.startswith('eval_')}
+    trivial = evaluate_policy('obstacles2d', lambda task: StraightToGoal(), 20,
+                              seed=cfg.eval.seed)
+    assert trivial['safe_success_mean'] == 0.0
+    assert learned['eval_safe_success'] >= 0.6, learned
+    assert learned['eval_n_modes'] >= 2, 'the learned policy passes on more than one side'
