@@ -1,15 +1,17 @@
 # energyflow_ros — the two commands a newcomer needs:
-#   make demo   set up the environment, then run the main job
+#   make demo   set up the environment, then run the main job: the simulated closed loop
+#               (sim_node + policy_node + reward_node over real DDS, the shipped model)
 #   make test   set up the environment, then run the test suite
 # Both create/update .venv from the pinned requirements.txt (idempotent, a few minutes the
-# first time, seconds afterwards).
+# first time, seconds afterwards). Pass options through ARGS, e.g. make demo ARGS='--episodes 5'.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: venv demo test colcon-build clean
+.PHONY: venv demo test density-demo model eval eval-smoke bench-latency bench-ros-loop \
+	colcon-build clean
 
 venv: $(STAMP)
 
@@ -19,10 +21,36 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m energyflow_ros.cli.demo $(ARGS)
+	$(PY) -m energyflow_ros.cli.closed_loop $(ARGS)
 
 test: venv
 	$(PY) -m pytest test -q -p no:cacheprovider $(ARGS)
+
+# Compare the energy objectives on a known 2-D multimodal density (a minute on a CPU).
+density-demo: venv
+	$(PY) -m energyflow_ros.cli.demo $(ARGS)
+
+# Reproduce the shipped model models/obstacles2d_energyflow.onnx (train, then export).
+model: venv
+	$(PY) -m energyflow_ros.cli.trainer --config config/train_obstacles2d.yaml \
+		method=energyflow optim.steps=15000 optim.batch_size=256 eval.every=0 \
+		out_dir=outputs/ship_obstacles2d_energyflow $(ARGS)
+	$(PY) -m energyflow_ros.cli.export --checkpoint outputs/ship_obstacles2d_energyflow/final.pt \
+		--out models/obstacles2d_energyflow.onnx
+
+# The quality table (benchmarks/results/quality.md/json): every method x task x 3 seeds.
+# Hours on a CPU; use a GPU machine. eval-smoke is the seconds-long pipeline check.
+eval: venv
+	$(PY) -m energyflow_ros.cli.evaluate $(ARGS)
+
+eval-smoke: venv
+	$(PY) -m energyflow_ros.cli.evaluate --smoke $(ARGS)
+
+bench-latency: venv
+	$(PY) benchmarks/latency.py $(ARGS)
+
+bench-ros-loop: venv
+	$(PY) benchmarks/ros_loop.py $(ARGS)
 
 colcon-build: venv
 	$(VENV)/bin/colcon build --base-paths . --build-base build --install-base install

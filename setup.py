@@ -17,8 +17,25 @@ def _data(folder: str, pattern: str = '*') -> tuple[str, list[str]]:
 # Every executable, once under its ROS name (``ros2 run energyflow_ros NAME``) and, where users
 # call it from a shell, once under an ``energyflow-`` name.
 ENTRY_POINTS = {
-    'demo': 'energyflow_ros.cli.demo:main',
-    'energyflow-demo': 'energyflow_ros.cli.demo:main',
+    # the closed loop a newcomer runs first: sim_node + policy_node + reward_node over DDS
+    'closed_loop': 'energyflow_ros.cli.closed_loop:main',
+    'energyflow-closed-loop': 'energyflow_ros.cli.closed_loop:main',
+    # ROS nodes
+    'policy_node': 'energyflow_ros.nodes.policy_node:main',
+    'reward_node': 'energyflow_ros.nodes.reward_node:main',
+    'sim_node': 'energyflow_ros.nodes.sim_node:main',
+    # offline tools
+    'trainer': 'energyflow_ros.cli.trainer:main',
+    'energyflow-train': 'energyflow_ros.cli.trainer:main',
+    'export': 'energyflow_ros.cli.export:main',
+    'energyflow-export': 'energyflow_ros.cli.export:main',
+    'evaluate': 'energyflow_ros.cli.evaluate:main',
+    'energyflow-eval': 'energyflow_ros.cli.evaluate:main',
+    'record': 'energyflow_ros.cli.record:main',
+    'energyflow-record': 'energyflow_ros.cli.record:main',
+    # the 2-D density comparison of the energy objectives
+    'density_demo': 'energyflow_ros.cli.demo:main',
+    'energyflow-density-demo': 'energyflow_ros.cli.demo:main',
 }
 
 setup(

@@ -1,4 +1,4 @@
-"""``energyflow-demo``: train every energy method on a known 2-D multimodal task and compare.
+"""``energyflow-density-demo``: train every energy method on a known 2-D multimodal density.
 
 Fits R-NCE, interpolating R-NCE, EnergyFlow and IBC to the same conditional density with the
 same network and step budget, then reports how well each recovers the true density
@@ -32,7 +32,8 @@ METHOD_CONFIGS = {
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='energyflow-demo', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='energyflow-density-demo',
+                                     description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=1500, help='training steps per method')
     parser.add_argument('--methods', default='rnce,irnce,energyflow,ibc',
                         help=f'comma-separated subset of {sorted(METHOD_CONFIGS)}')
