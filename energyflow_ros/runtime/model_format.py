@@ -260,6 +260,8 @@ class ModelMetadata:
             raise ModelFormatError(f'{source}: metadata lacks field {exc.args[0]!r}') from exc
         except ModelFormatError as exc:
             raise ModelFormatError(f'{source}: {exc}') from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(f'{source}: malformed metadata ({exc})') from exc
 
     @classmethod
     def _from_dict(cls, data: dict[str, Any]) -> 'ModelMetadata':

@@ -1,0 +1,429 @@
+"""Per-chunk sampling latency: torch eager vs onnxruntime (gradient loop, fused, warm) vs DDIM.
+
+One run, one model, one set of inputs. Backends, for every particle count N and step count K:
+
+* ``torch-eager-autograd``: the unrolled sampler in torch, gradients by autograd;
+* ``ort-gradient-loop``: the exported gradient graph called K times from a Python loop;
+* ``ort-fused``: the fused sampler graph (K unrolled steps + ranking in one call, IO-bound);
+* ``ort-fused-warm``: the warm-start graph (few steps from the previous chunk);
+* ``torch-ddim`` / ``ort-ddim``: the diffusion baseline (same MLP size, DDIM) for one chunk.
+
+Calls are timed round-robin (every backend once per round), so a machine shared with other
+work slows every backend alike: compare backends by their ratios within one run. Results go to
+``<out>/latency-<device>.json`` (one record per (backend, N, K, device)) and ``.md``.
+
+Usage: ``python benchmarks/latency.py [--quick] [--out benchmarks/results] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from energyflow_ros.core.config import ChunkSpec  # noqa: E402
+from energyflow_ros.core.methods import build_method, Method  # noqa: E402
+from energyflow_ros.core.networks import count_parameters  # noqa: E402
+from energyflow_ros.data.dataset import Normalizer  # noqa: E402
+from energyflow_ros.export.graphs import DDIMGraph  # noqa: E402
+from energyflow_ros.export.onnx_export import export_method  # noqa: E402
+from energyflow_ros.export.parity import reference_sampler  # noqa: E402
+from energyflow_ros.runtime import load_model, OnnxModel, ProviderConfig  # noqa: E402
+from energyflow_ros.runtime.planner import shift_chunk  # noqa: E402
+from energyflow_ros.runtime.providers import session_options  # noqa: E402
+
+
+@dataclass
+class Backend:
+    """One timed configuration: ``run()`` samples one chunk and returns (chunk, index)."""
+
+    name: str
+    n: int
+    k: int
+    run: Callable[[], tuple[np.ndarray, int]]
+    flops: float
+    times_ms: list[float] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results'))
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'tensorrt'])
+    parser.add_argument('--threads', type=int, default=2, help='torch and ORT intra-op threads')
+    parser.add_argument('--particles', default='4,16,64,256')
+    parser.add_argument('--steps', default='10,20')
+    parser.add_argument('--ddim-steps', type=int, default=10)
+    parser.add_argument('--repeats', type=int, default=40, help='timed rounds')
+    parser.add_argument('--block', type=int, default=5, help='timed calls per backend and round')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--hidden', type=int, default=256)
+    parser.add_argument('--depth', type=int, default=4)
+    parser.add_argument('--obs-dim', type=int, default=8)
+    parser.add_argument('--horizon', type=int, default=16)
+    parser.add_argument('--action-dim', type=int, default=2)
+    parser.add_argument('--quick', action='store_true', help='tiny model and grid (smoke test)')
+    if '--quick' in (sys.argv[1:] if argv is None else argv):   # explicit flags still win
+        parser.set_defaults(particles='4,8', steps='2,3', ddim_steps=3, repeats=5, block=1,
+                            warmup=1, hidden=32, depth=2, horizon=4)
+    args = parser.parse_args(argv)
+    args.particles = [int(v) for v in args.particles.split(',')]
+    args.steps = [int(v) for v in args.steps.split(',')]
+    return args
+
+
+def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU model, cores, load, versions, and the providers onnxruntime offers."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as handle:
+            names = [ln.split(':', 1)[1].strip() for ln in handle if ln.startswith('model name')]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return {'cpu': model, 'cores': cores, 'load_avg_start': list(os.getloadavg()),
+            'python': platform.python_version(), 'torch': torch.__version__,
+            'onnx': onnx.__version__, 'onnxruntime': ort.__version__,
+            'available_providers': ort.get_available_providers(),
+            'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            'threads': args.threads}
+
+
+def _train_meta(args: argparse.Namespace) -> dict[str, Any]:
+    frame = args.obs_dim // 2
+    return {'task': 'latency-benchmark', 'obs_names': [f'o{i}' for i in range(frame)],
+            'action_names': [f'j{i}' for i in range(args.action_dim)], 'n_obs': 2,
+            'horizon': args.horizon, 'executed_steps': max(1, args.horizon // 2),
+            'control_period_s': 0.1, 'action_low': [-1.0] * args.action_dim,
+            'action_high': [1.0] * args.action_dim, 'data_sha256': 'untrained'}
+
+
+def build_models(args: argparse.Namespace, folder: str) -> dict[str, Any]:
+    """The EnergyFlow energy and the same-size diffusion baseline, exported per K."""
+    torch.manual_seed(0)
+    spec = ChunkSpec(args.obs_dim, args.action_dim, args.horizon)
+    mlp = {'kind': 'mlp', 'mlp': {'hidden': args.hidden, 'depth': args.depth}}
+    energy = build_method('energyflow', spec, mlp, {}).eval()
+    ddim = build_method('diffusion', spec, mlp, {'ddim': {'sample_steps': args.ddim_steps}})
+    norms = (Normalizer.identity(args.obs_dim), Normalizer.identity(args.action_dim))
+    meta, cfg = _train_meta(args), ProviderConfig(device=args.device,
+                                                  intra_op_threads=args.threads, warmup_runs=0)
+    families = {}
+    for k in args.steps:
+        path = os.path.join(folder, f'energyflow_k{k}.onnx')
+        export_method(energy, *norms, meta, path, n_steps=k)
+        families[k] = load_model(path, providers=cfg, graphs=['sampler', 'warm_sampler',
+                                                                'energy', 'gradient'])
+    path = os.path.join(folder, 'diffusion.onnx')
+    export_method(ddim.eval(), *norms, meta, path)
+    return {'energy': energy, 'ddim': ddim.eval(), 'families': families,
+            'ddim_model': load_model(path, providers=cfg)}
+
+
+def sampler_flops(args: argparse.Namespace, n: int, k: int) -> float:
+    """FLOPs of one chunk: K energy+gradient evaluations and one ranking, N particles."""
+    h, d = args.hidden, args.horizon * args.action_dim
+    forward = d * h + (args.depth - 1) * h * h + h
+    backward = (args.depth - 1) * h * h + h * d + h
+    return 2.0 * n * (k * (forward + backward) + forward)
+
+
+def ddim_flops(args: argparse.Namespace, model: Method) -> float:
+    """FLOPs of one DDIM chunk (the denoiser's linear layers, ``ddim_steps`` times)."""
+    layers = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)]
+    return 2.0 * args.ddim_steps * sum(m.in_features * m.out_features for m in layers)
+
+
+def _inputs(model: OnnxModel, n: int, seed: int) -> dict[str, np.ndarray]:
+    meta = model.metadata
+    rng = np.random.default_rng(seed)
+    s = meta.sampler.cold
+    shape = (1, n, meta.horizon, meta.action_dim)
+    return {'obs': rng.standard_normal((1, meta.obs_dim), dtype=np.float32),
+            'init': (s.init_std * rng.standard_normal(shape)).astype(np.float32),
+            'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
+            'noise': np.zeros((s.n_steps, *shape), np.float32),
+            'rank_sigma': np.float32([meta.sampler.rank_sigma])}
+
+
+def _warm_inputs(model: OnnxModel, cold: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    meta = model.metadata
+    best = model.run('sampler', cold)['action'][0]
+    w = meta.sampler.warm
+    rng = np.random.default_rng(1)
+    init = shift_chunk(best, meta.executed_steps)[None, None] + w.init_std * rng.standard_normal(
+        cold['init'].shape)
+    return {**cold, 'init': init.astype(np.float32), 'sigmas': np.float32(w.sigmas),
+            'step_sizes': np.float32(w.step_sizes),
+            'noise': np.zeros((w.n_steps, *cold['init'].shape), np.float32)}
+
+
+def _torch_sampler(method: Method, feeds: dict[str, np.ndarray]) -> Callable:
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+    def run() -> tuple[np.ndarray, int]:
+        res = reference_sampler(method, t['obs'], t['init'], feeds['sigmas'].tolist(),
+                                feeds['step_sizes'].tolist(), t['noise'],
+                                float(feeds['rank_sigma'][0]))
+        chosen = (res.particles[0] == res.actions[0]).flatten(1).all(1)
+        return res.actions[0].numpy(), int(chosen.int().argmax())
+    return run
+
+
+def _ort_loop(model: OnnxModel, feeds: dict[str, np.ndarray]) -> Callable:
+    grad, energy = model.sessions['gradient'], model.sessions['energy']
+
+    def run() -> tuple[np.ndarray, int]:
+        a = feeds['init']
+        for k in range(len(feeds['sigmas'])):
+            g = grad.run(['grads'], {'obs': feeds['obs'], 'actions': a,
+                                     'sigma': feeds['sigmas'][k:k + 1]})[0]
+            a = a - feeds['step_sizes'][k] * g + feeds['noise'][k]
+        e = energy.run(['energies'], {'obs': feeds['obs'], 'actions': a,
+                                      'sigma': feeds['rank_sigma']})[0]
+        idx = int(e[0].argmin())
+        return a[0, idx], idx
+    return run
+
+
+def _ort_fused(model: OnnxModel, graph: str, feeds: dict[str, np.ndarray]) -> Callable:
+    def run() -> tuple[np.ndarray, int]:
+        out = model.run(graph, feeds)
+        return out['action'][0], int(out['energies'][0].argmin())
+    return run
+
+
+def _ddim_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Backend]:
+    model, method = models['ddim_model'], models['ddim']
+    rng = np.random.default_rng(2)
+    obs = rng.standard_normal((1, args.obs_dim), dtype=np.float32)
+    init = rng.standard_normal((1, 1, args.horizon, args.action_dim), dtype=np.float32)
+    graph_module = DDIMGraph(method)
+    t_obs, t_init = torch.from_numpy(obs), torch.from_numpy(init)
+
+    def torch_run() -> tuple[np.ndarray, int]:
+        with torch.no_grad():
+            return graph_module(t_obs, t_init)[0][0].numpy(), 0
+
+    def ort_run() -> tuple[np.ndarray, int]:
+        return model.run('sampler', {'obs': obs, 'init': init})['action'][0], 0
+    flops = ddim_flops(args, method)
+    return [Backend('torch-ddim', 1, args.ddim_steps, torch_run, flops),
+            Backend('ort-ddim', 1, args.ddim_steps, ort_run, flops)]
+
+
+def make_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Backend]:
+    """Every backend of the grid, with its output check against torch."""
+    backends, warm_seen = [], set()
+    for k, model in models['families'].items():
+        warm_k = model.metadata.sampler.warm.n_steps
+        for n in args.particles:
+            feeds = _inputs(model, n, seed=n * 100 + k)
+            warm = _warm_inputs(model, feeds)
+            ref = _torch_sampler(models['energy'], feeds)
+            group = [Backend('torch-eager-autograd', n, k, ref, sampler_flops(args, n, k)),
+                     Backend('ort-gradient-loop', n, k, _ort_loop(model, feeds),
+                             sampler_flops(args, n, k)),
+                     Backend('ort-fused', n, k, _ort_fused(model, 'sampler', feeds),
+                             sampler_flops(args, n, k)),
+                     Backend('ort-fused-warm', n, warm_k,
+                             _ort_fused(model, 'warm_sampler', warm),
+                             sampler_flops(args, n, warm_k))]
+            _check(group[0], group[1:3])
+            group[2].check['warm_K'] = warm_k
+            if (n, warm_k) in warm_seen:       # the same warm graph as another K's family
+                group.pop()
+            else:
+                warm_seen.add((n, warm_k))
+                _check(Backend('torch-warm', n, warm_k, _torch_sampler(models['energy'], warm),
+                               0), group[3:])
+            backends += group
+    ddim = _ddim_backends(args, models)
+    _check(ddim[0], ddim[1:])
+    return backends + ddim
+
+
+def _check(reference: Backend, others: list[Backend]) -> None:
+    """Record how far each backend's chunk is from torch's, and whether it chose the same."""
+    ref_chunk, ref_idx = reference.run()
+    for backend in others:
+        chunk, idx = backend.run()
+        backend.check = {'max_abs_diff_vs_torch': float(np.abs(chunk - ref_chunk).max()),
+                         'same_choice_as_torch': idx == ref_idx}
+
+
+def time_interleaved(backends: list[Backend], rounds: int, block: int, warmup: int,
+                     settle_s: float = 0.02) -> None:
+    """Every round, time ``block`` consecutive calls of each backend after one untimed call.
+
+    Rounds interleave the backends over the whole run, so background load affects all
+    alike; a short pause and the untimed call let the previous backend's threads (torch's
+    OpenMP workers, onnxruntime's spinning pools) go idle before timing starts.
+    """
+    for r in range(warmup + rounds):
+        for backend in backends:
+            time.sleep(settle_s)
+            backend.run()
+            for _ in range(block):
+                start = time.perf_counter()
+                backend.run()
+                if r >= warmup:
+                    backend.times_ms.append(1e3 * (time.perf_counter() - start))
+
+
+def matmul_peak(threads: int, size: tuple[int, int, int] = (512, 1024, 1024),
+                repeats: int = 30) -> dict[str, float]:
+    """GFLOP/s of one ORT MatMul (M x K) @ (K x N) with the benchmark's thread settings."""
+    m, k, n = size
+    h = onnx.helper
+    graph = h.make_graph([h.make_node('MatMul', ['a', 'b'], ['c'])], 'matmul',
+                         [h.make_tensor_value_info('a', onnx.TensorProto.FLOAT, [m, k])],
+                         [h.make_tensor_value_info('c', onnx.TensorProto.FLOAT, [m, n])],
+                         [onnx.numpy_helper.from_array(
+                             np.random.default_rng(0).standard_normal((k, n), np.float32), 'b')])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid('', 17)])
+    model.ir_version = 9
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   session_options(ProviderConfig(intra_op_threads=threads)),
+                                   providers=['CPUExecutionProvider'])
+    a = np.random.default_rng(1).standard_normal((m, k), np.float32)
+    times = []
+    for i in range(repeats + 3):
+        start = time.perf_counter()
+        session.run(None, {'a': a})
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return {'shape': [m, k, n], 'p50_ms': 1e3 * float(np.median(times)),
+            'gflops': 2.0 * m * k * n / float(np.median(times)) / 1e9}
+
+
+def records(backends: list[Backend], device: str) -> list[dict[str, Any]]:
+    """One JSON record per (backend, N, K, device)."""
+    out = []
+    for b in backends:
+        t = np.asarray(b.times_ms)
+        p50 = float(np.percentile(t, 50))
+        out.append({'backend': b.name, 'N': b.n, 'K': b.k, 'device': device,
+                    'p50_ms': round(p50, 4), 'p99_ms': round(float(np.percentile(t, 99)), 4),
+                    'max_ms': round(float(t.max()), 4), 'calls': int(len(t)),
+                    'gflops_at_p50': round(b.flops / (p50 / 1e3) / 1e9, 2), **b.check})
+    return out
+
+
+def _row(recs: list[dict[str, Any]], backend: str, n: int, k: int) -> dict[str, Any] | None:
+    return next((r for r in recs if (r['backend'], r['N'], r['K']) == (backend, n, k)), None)
+
+
+def comparisons(recs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """Same-run ratios: fused vs torch and vs the loop, warm vs cold, EBM vs DDIM."""
+    lines = []
+    ddim = _row(recs, 'ort-ddim', 1, args.ddim_steps)
+    for r in (r for r in recs if r['backend'] == 'ort-fused'):
+        t = _row(recs, 'torch-eager-autograd', r['N'], r['K'])
+        loop = _row(recs, 'ort-gradient-loop', r['N'], r['K'])
+        warm = _row(recs, 'ort-fused-warm', r['N'], r['warm_K'])
+        lines.append(
+            f"| {r['N']} | {r['K']} | {t['p99_ms'] / r['p99_ms']:.2f}x | "
+            f"{t['p50_ms'] / r['p50_ms']:.2f}x | {loop['p99_ms'] / r['p99_ms']:.2f}x | "
+            f"{warm['K']}: {r['p99_ms'] / warm['p99_ms']:.2f}x | "
+            f"{warm['p99_ms'] / ddim['p99_ms']:.2f} | {r['p99_ms'] / ddim['p99_ms']:.2f} |")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return '(reference)' if value is None else f'{value:.2g}'
+
+
+def markdown(info: dict[str, Any], args: argparse.Namespace, recs: list[dict[str, Any]],
+             peak: dict[str, float], notes: list[str]) -> str:
+    """The human-readable results file."""
+    lines = [f"# Sampling latency on {info['device']}: {info['cpu']}, {info['cores']} cores", '',
+             f"torch {info['torch']}, onnxruntime {info['onnxruntime']} (providers that ran: "
+             f"{', '.join(info['providers_ran'])}), {args.threads} threads, load average "
+             f"{info['load_avg_start'][0]:.2f} at start / {info['load_avg_end'][0]:.2f} at end.",
+             '', f"Model: EnergyFlow MLP energy, obs {args.obs_dim}, chunk {args.horizon}x"
+             f"{args.action_dim}, hidden {args.hidden}, depth {args.depth} "
+             f"({info['energy_params']} parameters, untrained); diffusion baseline MLP denoiser "
+             f"({info['ddim_params']} parameters), DDIM-{args.ddim_steps}, one chunk.", '',
+             f"ORT MatMul {peak['shape']}: {peak['gflops']:.1f} GFLOP/s (same run).", '',
+             '| backend | N | K | p50 ms | p99 ms | max ms | calls | GFLOP/s @p50 | '
+             'max abs diff vs torch | same choice |', '|' + '---|' * 10]
+    for r in recs:
+        lines.append(f"| {r['backend']} | {r['N']} | {r['K']} | {r['p50_ms']:.3f} | "
+                     f"{r['p99_ms']:.3f} | {r['max_ms']:.3f} | {r['calls']} | "
+                     f"{r['gflops_at_p50']:.1f} | {_fmt(r.get('max_abs_diff_vs_torch'))} | "
+                     f"{r.get('same_choice_as_torch', '(reference)')} |")
+    lines += ['', '## Same-run ratios', '',
+              '| N | K | torch / fused (p99) | torch / fused (p50) | loop / fused (p99) | '
+              'warm K: cold / warm (p99) | warm / DDIM (p99) | cold / DDIM (p99) |',
+              '|' + '---|' * 8] + comparisons(recs, args)
+    return '\n'.join(lines + ['', '## Notes', ''] + [f'- {n}' for n in notes]) + '\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print and write the results."""
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    info = machine_info(args)
+    print(json.dumps(info, indent=1))
+    with tempfile.TemporaryDirectory() as folder:
+        models = build_models(args, folder)
+        backends = make_backends(args, models)
+        device = models['ddim_model'].provider
+        print(f'timing {len(backends)} backends x {args.repeats} rounds x {args.block} calls on '
+              f'{device} ...', flush=True)
+        peak_before = matmul_peak(args.threads)
+        time_interleaved(backends, args.repeats, args.block, args.warmup)
+        peak = matmul_peak(args.threads)
+    peak['gflops_before_timing'] = peak_before['gflops']
+    ran = {m.provider for m in [*models['families'].values(), models['ddim_model']]}
+    info.update(device=device, providers_ran=sorted(ran),
+                load_avg_end=list(os.getloadavg()),
+                energy_params=count_parameters(models['energy']),
+                ddim_params=count_parameters(models['ddim']))
+    recs = records(backends, device)
+    notes = [
+        f'Rounds interleave the backends ({args.repeats} rounds x {args.block} timed calls '
+        'each, after one untimed call), so background load on a shared machine hits every '
+        'backend alike; compare backends by the ratios of this run, not across runs.',
+        f'torch and every onnxruntime session use {args.threads} intra-op threads; '
+        'onnxruntime threads spin when idle (ProviderConfig.allow_spinning).',
+        'GFLOP/s counts the nominal energy + action-gradient work per particle and step '
+        '(2 x multiply-adds of the linear layers) divided by the p50 time.',
+        'The EBM rows sample a whole chunk; with executed steps = horizon/2 a chunk serves '
+        f'{max(1, args.horizon // 2)} control ticks. Success is not measured here '
+        '(untrained weights); "at equal success" needs the task evaluations.']
+    if 'CUDAExecutionProvider' not in info['available_providers']:
+        notes.append('No GPU provider in this onnxruntime build: the CUDA path (IO binding to '
+                     'device buffers, CUDA graphs; target p99 <= 1 ms at N=256, K=20) was not '
+                     'measured. Run `python benchmarks/latency.py --device cuda` on a GPU '
+                     'machine with onnxruntime-gpu.')
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f'latency-{device}')
+    with open(stem + '.json', 'w', encoding='utf-8') as handle:
+        json.dump({'machine': info, 'settings': {k: v for k, v in vars(args).items()},
+                   'matmul_peak': peak, 'records': recs, 'notes': notes}, handle, indent=1)
+    text = markdown(info, args, recs, peak, notes)
+    with open(stem + '.md', 'w', encoding='utf-8') as handle:
+        handle.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""A tiny run of benchmarks/latency.py: every backend timed, outputs identical, files written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'benchmarks', 'latency.py')
+BACKENDS = {'torch-eager-autograd', 'ort-gradient-loop', 'ort-fused', 'ort-fused-warm',
+            'torch-ddim', 'ort-ddim'}
+
+
+@pytest.fixture(scope='module')
+def latency():
+    """The benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location('latency_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_writes_one_record_per_backend_and_config(latency, tmp_path, capsys):
+    assert latency.main(['--quick', '--threads', '1', '--repeats', '3',
+                         '--out', str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert '"cpu":' in printed and '## Same-run ratios' in printed
+    assert sorted(os.listdir(tmp_path)) == ['latency-cpu.json', 'latency-cpu.md']
+    with open(tmp_path / 'latency-cpu.json', encoding='utf-8') as handle:
+        result = json.load(handle)
+    recs = result['records']
+    assert {r['backend'] for r in recs} == BACKENDS
+    keys = [(r['backend'], r['N'], r['K'], r['device']) for r in recs]
+    assert len(keys) == len(set(keys))
+    for r in recs:
+        assert {'backend', 'N', 'K', 'device', 'p50_ms', 'p99_ms', 'max_ms', 'calls'} <= set(r)
+        assert r['device'] == 'cpu' and r['calls'] == 3
+        assert 0 < r['p50_ms'] <= r['p99_ms'] <= r['max_ms']
+    fused = [r for r in recs if r['backend'].startswith('ort-fused')]
+    assert {(r['N'], r['backend']) for r in fused} == {
+        (n, b) for n in (4, 8) for b in ('ort-fused', 'ort-fused-warm')}
+    assert all(r['same_choice_as_torch'] and r['max_abs_diff_vs_torch'] < 1e-4 for r in fused)
+    assert result['matmul_peak']['gflops'] > 0 and result['machine']['cores'] >= 1
+
+
+def test_flop_count_scales_with_particles_and_steps(latency):
+    args = latency._parse(['--quick'])
+    one = latency.sampler_flops(args, 1, 1)
+    assert latency.sampler_flops(args, 4, 1) == pytest.approx(4 * one)
+    h, d = args.hidden, args.horizon * args.action_dim
+    per_step = 2 * ((d * h + (args.depth - 1) * h * h + h) + ((args.depth - 1) * h * h
+                                                              + h * d + h))
+    assert latency.sampler_flops(args, 1, 3) - one * 1 == pytest.approx(2 * per_step)

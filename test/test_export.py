@@ -1,0 +1,260 @@
+"""Export: hand-written gradients, schedules that reproduce the torch samplers, the fused graph,
+the parity gate, metadata and atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from energyflow_ros.core.energy import candidate_energies_and_grads
+from energyflow_ros.core.methods import build_method
+from energyflow_ros.export import onnx_export
+from energyflow_ros.export.graphs import AutogradEnergyTerm, energy_term
+from energyflow_ros.export.onnx_export import export_checkpoint, export_method, ExportError
+from energyflow_ros.export.parity import ParityError, reference_sampler
+from energyflow_ros.export.sampler_specs import sampler_spec
+from energyflow_ros.runtime.model_format import graph_path, METADATA_KEY, ModelMetadata
+from test.export_fixtures import (
+    export_tiny, normalizers, SPEC, tiny_method, train_meta, write_checkpoint,
+)
+
+ENERGY_METHODS = ['energyflow', 'irnce', 'rnce', 'ibc']
+
+
+def _metadata(path: str) -> ModelMetadata:
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    return ModelMetadata.from_json(props[METADATA_KEY], path)
+
+
+def _session(path: str) -> ort.InferenceSession:
+    return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+
+
+@pytest.mark.parametrize('activation', ['silu', 'softplus', 'gelu', 'tanh'])
+@pytest.mark.parametrize('name', ENERGY_METHODS)
+def test_hand_written_gradient_matches_autograd(name, activation):
+    torch.manual_seed(1)
+    method = build_method(name, SPEC, {'kind': 'mlp', 'mlp': {'hidden': 16, 'depth': 3,
+                                                              'activation': activation}}, {})
+    term, traced = energy_term(method.eval())
+    assert not traced
+    obs, act, sigma = torch.randn(3, 6), torch.randn(3, 5, 4, 2), torch.tensor([0.3])
+    with torch.no_grad():
+        e, g = term.energy_and_grad(obs, act, sigma)
+        e_only = term.energy(obs, act, sigma)
+    e_ref, g_ref = AutogradEnergyTerm(method).energy_and_grad(obs, act, sigma)
+    torch.testing.assert_close(e, e_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e_only, e_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_energyflow_schedule_reproduces_the_probability_flow_sampler():
+    method = tiny_method('energyflow')
+    spec = sampler_spec(method, n_particles=5, n_steps=7, warm_steps=3)
+    obs = torch.randn(2, 6)
+    native = method.sampler()
+    native.cfg = type(native.cfg)(**{**native.cfg.__dict__, 'n_particles': 5, 'n_steps': 7})
+    expected = native.sample(obs, torch.Generator().manual_seed(3))
+    init = spec.cold.init_std * torch.randn((2, 5, 4, 2), generator=torch.Generator()
+                                            .manual_seed(3))
+    got = reference_sampler(method, obs, init, spec.cold.sigmas, spec.cold.step_sizes,
+                            torch.zeros(7, 2, 5, 4, 2), spec.rank_sigma)
+    torch.testing.assert_close(got.particles, expected.particles, rtol=0, atol=0)
+    torch.testing.assert_close(got.actions, expected.actions, rtol=0, atol=0)
+    previous = expected.particles
+    warm = native.sample(obs, torch.Generator().manual_seed(4), init=previous, n_steps=3)
+    jitter = torch.randn(previous.shape, generator=torch.Generator().manual_seed(4))
+    got = reference_sampler(method, obs, previous + spec.warm.init_std * jitter,
+                            spec.warm.sigmas, spec.warm.step_sizes, torch.zeros(3, 2, 5, 4, 2),
+                            spec.rank_sigma)
+    torch.testing.assert_close(got.actions, warm.actions, rtol=1e-6, atol=1e-6)
+
+
+def test_irnce_schedule_reproduces_the_annealed_langevin_sampler():
+    method = tiny_method('irnce')
+    spec = sampler_spec(method)
+    cfg = method.cfg.langevin
+    assert spec.cold.n_steps == cfg.n_scales * cfg.steps_per_scale
+    obs = torch.randn(2, 6)
+    expected = method.sampler().sample(obs, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    init = spec.cold.init_std * torch.randn((2, cfg.n_particles, 4, 2), generator=gen)
+    noise = torch.stack([s * torch.randn((2, cfg.n_particles, 4, 2), generator=gen)
+                         for s in spec.cold.noise_scales])
+    got = reference_sampler(method, obs, init, spec.cold.sigmas, spec.cold.step_sizes, noise,
+                            spec.rank_sigma)
+    torch.testing.assert_close(got.actions, expected.actions, rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_spec_rejects_bad_counts_and_describes_baselines():
+    with pytest.raises(ValueError, match='n_particles'):
+        sampler_spec(tiny_method('energyflow'), n_particles=0)
+    assert sampler_spec(tiny_method('diffusion')).kind == 'ddim'
+    assert sampler_spec(tiny_method('mse')).init == 'none'
+    rnce = sampler_spec(tiny_method('rnce'))
+    assert rnce.init == 'proposal' and rnce.kind == 'gradient'
+
+
+@pytest.mark.parametrize('name', ['energyflow', 'irnce', 'rnce', 'ibc', 'diffusion', 'mse'])
+def test_every_method_exports_a_family_that_matches_torch(tmp_path, name):
+    path, method = export_tiny(str(tmp_path), name)
+    meta = _metadata(path)
+    assert meta.method == name and meta.graph == 'sampler'
+    expected = {'energyflow': {'sampler', 'warm_sampler', 'energy', 'gradient'},
+                'ibc': {'sampler', 'warm_sampler', 'energy', 'gradient'},
+                'diffusion': {'sampler'}, 'mse': {'sampler'}}.get(
+        name, {'sampler', 'warm_sampler', 'energy', 'gradient', 'proposal'})
+    written = {g for g in ('sampler', 'warm_sampler', 'energy', 'gradient', 'proposal')
+               if os.path.exists(graph_path(path, g))}
+    assert written == expected
+    assert set(meta.extra['parity']) == expected
+    assert all(p['same_choice'] for p in meta.extra['parity'].values())
+    for graph in written:
+        model = onnx.load(graph_path(path, graph))
+        onnx.checker.check_model(model)
+        assert _metadata(graph_path(path, graph)).graph == graph
+        assert not {'Loop', 'Scan', 'If'} & {n.op_type for n in model.graph.node}
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(graph_path(path, g))
+                                                  for g in written)
+
+
+def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_path):
+    path, method = export_tiny(str(tmp_path), 'energyflow', n_steps=5)
+    meta = _metadata(path)
+    session = _session(path)
+    assert [i.name for i in session.get_inputs()] == ['obs', 'init', 'sigmas', 'step_sizes',
+                                                      'noise', 'rank_sigma']
+    assert [o.name for o in session.get_outputs()] == ['action', 'energy', 'particles',
+                                                       'energies']
+    s = meta.sampler.cold
+    for b, n in ((1, 3), (4, 9)):
+        gen = torch.Generator().manual_seed(b * n)
+        obs = torch.randn((b, 6), generator=gen)
+        init = 3 * torch.randn((b, n, 4, 2), generator=gen)
+        noise = 0.01 * torch.randn((5, b, n, 4, 2), generator=gen)
+        out = session.run(None, {
+            'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
+            'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
+            'rank_sigma': np.float32([meta.sampler.rank_sigma])})
+        ref = reference_sampler(method, obs, init, s.sigmas, s.step_sizes, noise,
+                                meta.sampler.rank_sigma)
+        np.testing.assert_allclose(out[2], ref.particles.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out[0], ref.actions.numpy(), rtol=1e-4, atol=1e-5)
+        assert out[0].shape == (b, 4, 2) and out[3].shape == (b, n)
+        assert np.array_equal(np.argmin(out[3], axis=1),
+                              np.argmin(candidate_energies_and_grads(
+                                  method.energy, obs, ref.particles,
+                                  meta.sampler.rank_sigma)[0].numpy(), axis=1))
+
+
+def test_benchmark_sized_model_stays_small(tmp_path):
+    spec = type(SPEC)(obs_dim=8, action_dim=2, horizon=16)
+    method = build_method('energyflow', spec, {'kind': 'mlp', 'mlp': {'hidden': 256,
+                                                                      'depth': 4}}, {})
+    obs_norm, act_norm = normalizers()
+    meta = train_meta(obs_names=[f'o{i}' for i in range(4)], horizon=16)
+    obs_norm.mean, obs_norm.std = np.zeros(8), np.ones(8)
+    path = str(tmp_path / 'big.onnx')
+    export_method(method.eval(), obs_norm, act_norm, meta, path, n_steps=20)
+    params_mb = sum(p.numel() for p in method.parameters()) * 4 / 1e6
+    for graph in ('sampler', 'warm_sampler', 'energy', 'gradient'):
+        size_mb = os.path.getsize(graph_path(path, graph)) / 1e6
+        assert size_mb < params_mb + 0.6, f'{graph}: {size_mb:.2f} MB for {params_mb:.2f} MB'
+
+
+def test_unet_energy_exports_through_make_fx(tmp_path):
+    unet = {'kind': 'unet', 'unet': {'channels': [8, 16], 'groups': 4, 'cond_dim': 8,
+                                     'head_hidden': 8}}
+    method = tiny_method('energyflow', backbone=unet)
+    obs_norm, act_norm = normalizers()
+    path = str(tmp_path / 'unet.onnx')
+    meta = export_method(method, obs_norm, act_norm, train_meta(), path, n_steps=2,
+                         warm_steps=1)
+    assert meta.extra['gradient'] == 'make_fx'
+    assert max(p['max_abs_error'] for p in meta.extra['parity'].values()) < 1e-4
+
+
+def test_parity_gate_refuses_and_writes_nothing(tmp_path, monkeypatch):
+    real_build = onnx_export.build_graphs
+
+    def corrupted(method, spec):
+        models = real_build(method, spec)
+        with torch.no_grad():       # the graphs now hold weights the torch side does not
+            for p in method.parameters():
+                p.add_(0.05)
+        return models
+
+    monkeypatch.setattr(onnx_export, 'build_graphs', corrupted)
+    obs_norm, act_norm = normalizers()
+    with pytest.raises(ParityError, match=r'energy: max \|ort - torch\| = [0-9.e-]+, exceeds'):
+        export_method(tiny_method('energyflow'), obs_norm, act_norm, train_meta(),
+                      str(tmp_path / 'm.onnx'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_train_meta_and_bad_layouts_are_named(tmp_path):
+    ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('mse'), meta=None)
+    with pytest.raises(ExportError, match="no 'train_meta'"):
+        export_checkpoint(ckpt, str(tmp_path / 'm.onnx'))
+    obs_norm, act_norm = normalizers()
+    bad = [(train_meta(n_obs=3), 'n_obs = 3'), (train_meta(horizon=8), 'horizon 8'),
+           (train_meta(control_period_s=0.0), 'control_period_s')]
+    for meta, message in bad:
+        with pytest.raises(ExportError, match=message):
+            export_method(tiny_method('mse'), obs_norm, act_norm, meta, str(tmp_path / 'm.onnx'))
+    with pytest.raises(ExportError, match='joint_names'):
+        export_method(tiny_method('mse'), obs_norm, act_norm, train_meta(),
+                      str(tmp_path / 'm.onnx'), joint_names=['only_one'])
+    with pytest.raises(ExportError, match='.onnx'):
+        export_method(tiny_method('mse'), obs_norm, act_norm, train_meta(), str(tmp_path / 'm'))
+    assert sorted(os.listdir(tmp_path)) == ['c.pt']
+
+
+def test_checkpoint_export_uses_ema_weights_and_overrides(tmp_path):
+    method = tiny_method('energyflow')
+    ema = tiny_method('energyflow', seed=7)
+    ckpt = write_checkpoint(str(tmp_path / 'c.pt'), method, train_meta(),
+                            {'ema_state_dict': {'weights': ema.state_dict(), 'updates': 3}})
+    obs, act = torch.randn(2, 6), torch.randn(2, 3, 4, 2)
+    feed = {'obs': obs.numpy(), 'actions': act.numpy(), 'sigma': np.float32([0.2])}
+    for use_ema, reference in ((True, ema), (False, method)):
+        out = str(tmp_path / f'{use_ema}.onnx')
+        meta = export_checkpoint(ckpt, out, use_ema=use_ema, n_particles=3, n_steps=2,
+                                 warm_steps=1, executed_steps=3, joint_names=['elbow', 'shoulder'])
+        got = _session(graph_path(out, 'energy')).run(None, feed)[0]
+        want = candidate_energies_and_grads(reference.energy, obs, act, 0.2)[0].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert meta.extra['ema'] is use_ema
+    assert (meta.sampler.n_particles, meta.sampler.cold.n_steps, meta.sampler.warm.n_steps,
+            meta.executed_steps, meta.joint_names) == (3, 2, 1, 3, ('elbow', 'shoulder'))
+
+
+def test_metadata_records_layout_normalisation_and_reward(tmp_path):
+    path, method = export_tiny(str(tmp_path), 'energyflow')
+    meta = _metadata(path)
+    obs_norm, act_norm = normalizers()
+    assert meta.obs_names == ('x', 'y', 'z') and meta.n_obs == 2 and meta.obs_dim == 6
+    np.testing.assert_allclose(meta.obs_mean, obs_norm.mean)
+    np.testing.assert_allclose(meta.action_std, act_norm.std)
+    assert (meta.horizon, meta.executed_steps, meta.control_period_s) == (4, 2, 0.1)
+    assert meta.data_sha256 == 'f' * 64 and meta.task == 'unit'
+    assert meta.reward_sigma == pytest.approx(method.sigma_min)
+    assert np.shape(meta.reward_reference) == (16, 4, 2)
+    assert meta.sampler.rank_sigma > 0 and meta.sampler.cold.init_std == pytest.approx(10.0)
+    assert json.loads(meta.to_json())['extra']['export_id']
+
+
+def test_reexport_replaces_the_family_and_removes_stale_graphs(tmp_path):
+    obs_norm, act_norm = normalizers()
+    path = str(tmp_path / 'm.onnx')
+    export_method(tiny_method('energyflow'), obs_norm, act_norm, train_meta(), path)
+    assert os.path.exists(graph_path(path, 'energy'))
+    export_method(tiny_method('mse'), obs_norm, act_norm, train_meta(), path)
+    assert os.listdir(tmp_path) == ['m.onnx']
+    assert _metadata(path).method == 'mse'

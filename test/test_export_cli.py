@@ -1,0 +1,63 @@
+"""``energyflow-export``: writes a model family from a checkpoint, or exits 1 with the reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from energyflow_ros.cli.export import main
+from energyflow_ros.runtime import read_metadata
+from test.export_fixtures import tiny_method, train_meta, write_checkpoint
+
+
+def test_exports_with_overrides_and_prints_a_summary(tmp_path, capsys):
+    ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('energyflow'), train_meta())
+    out = str(tmp_path / 'models' / 'arm.onnx')
+    status = main(['--checkpoint', ckpt, '--out', out, '--particles', '7', '--steps', '3',
+                   '--warm-steps', '2', '--executed-steps', '1',
+                   '--joint-names', 'elbow, shoulder'])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert 'exported energyflow (unit)' in printed and 'arm.grad.onnx' in printed
+    assert 'parity max |ort - torch|' in printed
+    meta = read_metadata(out)
+    assert (meta.sampler.n_particles, meta.sampler.cold.n_steps, meta.sampler.warm.n_steps,
+            meta.executed_steps, meta.joint_names) == (7, 3, 2, 1, ('elbow', 'shoulder'))
+    assert sorted(os.listdir(tmp_path / 'models')) == [
+        'arm.energy.onnx', 'arm.grad.onnx', 'arm.onnx', 'arm.warm.onnx']
+
+
+def test_failures_exit_1_with_the_reason(tmp_path, capsys):
+    assert main(['--checkpoint', str(tmp_path / 'absent.pt'), '--out',
+                 str(tmp_path / 'm.onnx')]) == 1
+    assert 'checkpoint not found' in capsys.readouterr().err
+    ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('mse'), meta=None)
+    assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx')]) == 1
+    assert "no 'train_meta'" in capsys.readouterr().err
+    ckpt = write_checkpoint(str(tmp_path / 'd.pt'), tiny_method('mse'), train_meta())
+    assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
+                 '--executed-steps', '9']) == 1
+    assert 'executed_steps = 9' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['c.pt', 'd.pt']
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, capsys):
+    for argv in (['--checkpoint', 'c.pt', '--out', 'model.pt'],
+                 ['--checkpoint', 'c.pt', '--out', 'm.onnx', '--steps', '0'],
+                 ['--out', 'm.onnx']):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert '--out model.pt: must end in .onnx' in capsys.readouterr().err
+
+
+def test_runs_as_a_module(tmp_path):
+    ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('mse'), train_meta())
+    out = subprocess.run([sys.executable, '-m', 'energyflow_ros.cli.export', '--checkpoint',
+                          ckpt, '--out', str(tmp_path / 'bc.onnx')], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert read_metadata(str(tmp_path / 'bc.onnx')).method == 'mse'

@@ -1,0 +1,69 @@
+"""EnergyReward: the centred reward from the exported energy graph equals the torch one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from energyflow_ros.core.reward import centered_reward
+from energyflow_ros.export.onnx_export import export_method
+from energyflow_ros.runtime import EnergyReward, load_model
+from test.export_fixtures import (
+    export_tiny, linear_task, linear_task_answer, normalizers, trained_energyflow,
+)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """Tiny untrained energyflow and mse families."""
+    folder = str(tmp_path_factory.mktemp('reward'))
+    return {name: export_tiny(folder, name) for name in ('energyflow', 'mse')}
+
+
+def test_matches_the_torch_centred_reward(tiny):
+    path, method = tiny['energyflow']
+    reward = EnergyReward(load_model(path))
+    meta = reward.model.metadata
+    obs_norm, act_norm = normalizers()
+    rng = np.random.default_rng(0)
+    history = rng.normal(size=(5, 2, 3)) * 2 + 1
+    chunks = rng.normal(size=(5, 4, 2)) * 0.5 - 1
+    got = reward(history, chunks)
+    obs = torch.tensor(obs_norm.normalize(history.reshape(5, -1)), dtype=torch.float32)
+    act = torch.tensor(act_norm.normalize(chunks), dtype=torch.float32)
+    want = centered_reward(method.energy, obs, act, meta.reward_sigma,
+                           torch.tensor(meta.reward_reference, dtype=torch.float32))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    singles = [reward(history[i], chunks[i]) for i in range(5)]
+    assert all(isinstance(r, float) for r in singles)
+    np.testing.assert_allclose(singles, got, rtol=1e-6, atol=1e-6)
+
+
+def test_trained_energy_rewards_the_demonstrated_chunk(tmp_path):
+    method, obs_norm, act_norm, meta = trained_energyflow()
+    path = os.path.join(str(tmp_path), 'linear.onnx')
+    export_method(method, obs_norm, act_norm, meta, path, n_steps=4)
+    reward = EnergyReward(load_model(path))
+    obs, chunks = linear_task(n=20, seed=3)
+    good = reward(obs.reshape(20, 2, 1), chunks)
+    off = reward(obs.reshape(20, 2, 1), chunks + np.array([0.0, 1.0]))
+    assert np.all(good > off)
+    shuffled = reward(obs.reshape(20, 2, 1), linear_task_answer(obs[::-1]))
+    assert np.mean(good > shuffled) > 0.8
+
+
+def test_models_without_an_energy_and_bad_inputs_are_refused(tiny):
+    with pytest.raises(ValueError, match="'mse' model has no loaded energy graph"):
+        EnergyReward(load_model(tiny['mse'][0]))
+    with pytest.raises(ValueError, match='no loaded energy graph'):
+        EnergyReward(load_model(tiny['energyflow'][0], graphs=['sampler']))
+    reward = EnergyReward(load_model(tiny['energyflow'][0]))
+    with pytest.raises(ValueError, match=r'expected \(H, A\) = \(4, 2\)'):
+        reward(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match='expected 6 values each'):
+        reward(np.zeros((2, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match='non-finite'):
+        reward(np.zeros((2, 3)), np.full((4, 2), np.inf))
