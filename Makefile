@@ -34,7 +34,7 @@ density-demo: venv
 model: venv
 	$(PY) -m energyflow_ros.cli.trainer --config config/train_obstacles2d.yaml \
 		method=energyflow optim.steps=15000 optim.batch_size=256 eval.every=0 \
-		out_dir=outputs/ship_obstacles2d_energyflow $(ARGS)
+		out_dir=outputs/ship_obstacles2d_energyflow --no-export $(ARGS)
 	$(PY) -m energyflow_ros.cli.export --checkpoint outputs/ship_obstacles2d_energyflow/final.pt \
 		--out models/obstacles2d_energyflow.onnx
 

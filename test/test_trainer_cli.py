@@ -16,7 +16,7 @@ from energyflow_ros.sim.demos import collect_demos
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['task=obstacles2d', 'data.source=npz', 'backbone.mlp.hidden=16', 'backbone.mlp.depth=2',
         'horizon=4', 'executed_steps=2', 'optim.batch_size=16', 'optim.warmup_steps=5',
-        'optim.lr=1e-3', 'eval.final=false', 'progress=false', 'device=cpu']
+        'optim.lr=1e-3', 'eval.final=false', 'progress=false', 'device=cpu', '--no-export']
 
 
 @pytest.fixture(scope='module')
@@ -134,3 +134,15 @@ def test_a_corrupt_checkpoint_is_reported_not_overwritten(tmp_path, demo_npz, ca
     assert len(lines) == 1 and 'not a readable checkpoint' in lines[0]
     assert sorted(os.listdir(run)) == ['checkpoint.pt']
     assert (run / 'checkpoint.pt').read_bytes() == b'truncated'
+
+
+def test_a_finished_run_is_exported_to_onnx_for_the_robot(tmp_path, demo_npz, capsys):
+    from energyflow_ros.runtime.onnx_model import load_model
+    run = [t for t in TINY if t != '--no-export']
+    assert main([*run, 'method=energyflow', f'data.path={demo_npz}', 'optim.steps=3',
+                 f'out_dir={tmp_path}']) == 0
+    assert 'exported energyflow (obstacles2d)' in capsys.readouterr().out
+    model = load_model(str(tmp_path / 'model.onnx'), joint_names=['robot_x', 'robot_y'])
+    assert model.metadata.method == 'energyflow' and model.metadata.horizon == 4
+    assert model.metadata.data_sha256 == torch.load(
+        tmp_path / 'final.pt', weights_only=False)['train_meta']['data_sha256']

@@ -8,12 +8,15 @@ Examples::
     torchrun --nproc_per_node 4 -m energyflow_ros.cli.trainer --config ... device=cuda
 
 Writes ``<out_dir>/checkpoint.pt`` (latest, resumable), ``final.pt``, ``metrics.csv`` and
-``train_config.yaml``. Bad input ends with one ``trainer: error: ...`` line and exit code 2.
+``train_config.yaml``; when training completes, it exports ``final.pt`` to the ONNX model
+family ``<out_dir>/model.onnx`` (behind the exporter's torch/onnxruntime parity gate; skip with
+``--no-export``). Bad input ends with one ``trainer: error: ...`` line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -40,6 +43,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='stop after this step, leaving a resumable checkpoint')
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved config as YAML and exit')
+    parser.add_argument('--no-export', dest='export', action='store_false',
+                        help='do not export <out_dir>/model.onnx at the end')
     parser.add_argument('overrides', nargs='*', metavar='key.sub=value')
     return parser.parse_intermixed_args(argv)
 
@@ -48,6 +53,16 @@ def _error(exc: BaseException) -> int:
     message = ' '.join(str(exc).split()) or type(exc).__name__
     print(f'{PROG}: error: {message}', file=sys.stderr, flush=True)
     return 2
+
+
+def _export(checkpoint: str, out: str) -> None:
+    from energyflow_ros.export.onnx_export import export_checkpoint  # torch.onnx loads slowly
+    try:
+        meta = export_checkpoint(checkpoint, out)
+    except RuntimeError as exc:  # ExportError, ParityError: nothing was written
+        raise TrainError(f'training finished ({checkpoint}) but the export failed: {exc}; '
+                         'retry with energyflow-export') from exc
+    print(f'{PROG}: exported {meta.method} ({meta.task}) to {out}', flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end='')
             return 0
-        train(cfg, resume=args.resume, stop_after=args.stop_after)
+        result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+        if args.export and result.final_path and result.trainer.ctx.is_main:
+            _export(result.final_path, os.path.join(cfg.out_dir, 'model.onnx'))
     except EXPECTED_ERRORS as exc:
         return _error(exc)
     except KeyboardInterrupt:
