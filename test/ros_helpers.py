@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,7 @@ class Probe:
     def close(self) -> None:
         """Shut the executor, node and context down."""
         self.executor.shutdown(timeout_sec=1.0)
+        self._thread.join(5.0)
         self.node.destroy_node()
         self.context.try_shutdown()
 
@@ -236,14 +238,24 @@ def tiny_model(task: str = 'obstacles2d', horizon: int = 8, executed_steps: int 
         with open(path, 'rb') as handle:
             digest.update(handle.read())
     digest.update(f'{task}-{horizon}-{executed_steps}-{n_obs}'.encode())
-    folder = os.path.join(tempfile.gettempdir(), 'energyflow_ros_test_models')
-    path = os.path.join(folder, f'{task}_{digest.hexdigest()[:16]}.onnx')
+    folder = os.path.join(tempfile.gettempdir(), 'energyflow_ros_test_models',
+                          f'{task}_{digest.hexdigest()[:16]}')
+    path = os.path.join(folder, f'{task}.onnx')
     if os.path.exists(path):
         return path
     info = make_task(task).info
     obs_dim = len(info.obs_names) * n_obs
     low, high = np.array(info.action_low), np.array(info.action_high)
-    _export_tiny(path, info, obs_dim, horizon, executed_steps, n_obs, low, high)
+    # export into a private folder, then rename it into place in one step: concurrent test
+    # runs never see a half-written family (or files of two different exports)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(folder))
+    _export_tiny(os.path.join(scratch, f'{task}.onnx'), info, obs_dim, horizon,
+                 executed_steps, n_obs, low, high)
+    try:
+        os.rename(scratch, folder)
+    except OSError:  # another run got there first; its model is as good
+        shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 
@@ -273,11 +285,71 @@ def _export_tiny(path: str, info: Any, obs_dim: int, horizon: int, executed_step
             'control_period_s': 1.0 / info.control_hz, 'action_low': low.tolist(),
             'action_high': high.tolist(), 'task': info.name}
     obs_norm = Normalizer(mean=np.tile(frame_mean, n_obs), std=np.tile(frame_std, n_obs))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f'.tmp-{os.getpid()}-{os.path.basename(path)}')
-    export_method(method, obs_norm, Normalizer(mean=centre, std=scale), meta, tmp,
+    export_method(method, obs_norm, Normalizer(mean=centre, std=scale), meta, path,
                   n_particles=8, n_steps=4)
-    stem, final = tmp[:-len('.onnx')], path[:-len('.onnx')]
-    for suffix in ('.warm.onnx', '.energy.onnx', '.grad.onnx', '.onnx'):
-        if os.path.exists(stem + suffix):
-            os.replace(stem + suffix, final + suffix)
+
+
+class FakeRobot:
+    """Publishes JointState (+ an object pose) from the test process, like a robot would.
+
+    Attributes:
+        positions: joint name -> position published.
+        order: the order names are published in (matching must not depend on it).
+        goal: (x, y) published as the object pose.
+        publishing: cleared to simulate observation loss.
+        override: when set, called with (JointState, PoseStamped) before publishing; may
+            mutate them (bad-input injection) or return False to publish nothing.
+    """
+
+    def __init__(self, probe: Probe, positions: dict[str, float], goal=(0.9, 0.5),
+                 rate_hz: float = 50.0, joint_topic: str = '/joint_states',
+                 pose_topic: str = '/task/object_pose') -> None:
+        """Start publishing at ``rate_hz`` on a background thread."""
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+
+        self.probe = probe
+        self.positions = dict(positions)
+        self.order = list(positions)
+        self.goal = tuple(goal)
+        self.period = 1.0 / rate_hz
+        self.override: Callable[[Any, Any], Any] | None = None
+        self.publishing = threading.Event()
+        self.publishing.set()
+        self.last_published = 0.0
+        self._joint_pub = probe.publisher(JointState, joint_topic)
+        self._pose_pub = probe.publisher(PoseStamped, pose_topic)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def messages(self) -> tuple[Any, Any]:
+        """The JointState and PoseStamped that would be published now."""
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+
+        stamp = self.probe.now()
+        joint = JointState(name=list(self.order),
+                           position=[float(self.positions[n]) for n in self.order])
+        joint.header.stamp = stamp
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.pose.position.x, pose.pose.position.y = map(float, self.goal)
+        pose.pose.orientation.w = 1.0
+        return joint, pose
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.publishing.is_set():
+                joint, pose = self.messages()
+                hook = self.override
+                if hook is None or hook(joint, pose) is not False:
+                    self._pose_pub.publish(pose)
+                    self._joint_pub.publish(joint)
+                    self.last_published = time.monotonic()
+            time.sleep(self.period)
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        self._thread.join(2.0)

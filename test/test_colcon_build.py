@@ -50,3 +50,15 @@ def test_colcon_build_installs_every_executable(tmp_path):
     share = tmp_path / 'install' / 'energyflow_ros' / 'share'
     assert (share / 'energyflow_ros' / 'package.xml').exists()
     assert (share / 'ament_index' / 'resource_index' / 'packages' / 'energyflow_ros').exists()
+    # the modules themselves, and the shipped model, launch file and configs
+    site = list((tmp_path / 'install' / 'energyflow_ros').glob(
+        'lib/python*/site-packages/energyflow_ros/nodes/policy_node.py'))
+    assert site, 'the energyflow_ros modules were not installed'
+    for shipped in ('models/obstacles2d_energyflow.onnx', 'launch/policy.launch.py',
+                    'config/policy.yaml', 'config/sim.yaml'):
+        assert (share / 'energyflow_ros' / shipped).exists(), shipped
+    # an installed executable runs from the install tree, not from this checkout
+    env['PYTHONPATH'] = str(site[0].parents[2])
+    run = subprocess.run([str(lib / 'energyflow-export'), '--help'], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and 'energyflow-export' in run.stdout, run.stderr[-2000:]

@@ -173,6 +173,12 @@ def _with_metadata(model: onnx.ModelProto, metadata: ModelMetadata,
     return model
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_family(out_path: str, models: dict[str, onnx.ModelProto],
                  metadata: ModelMetadata) -> list[str]:
     """Write every graph with its metadata; all or nothing; stale family members removed.
@@ -192,6 +198,7 @@ def write_family(out_path: str, models: dict[str, onnx.ModelProto],
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(temps[graph], 0o666 & ~_umask())  # mkstemp makes owner-only files
         for graph, tmp in temps.items():
             os.replace(tmp, targets[graph])
     finally:

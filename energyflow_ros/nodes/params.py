@@ -32,7 +32,8 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 
 from energyflow_ros.nodes.messages import check_pose_fields
 
-__all__ = ['declare', 'StreamConfig', 'declare_observation_params', 'STREAM_TYPES',
+__all__ = ['declare', 'StreamConfig', 'declare_observation_params', 'observation_params',
+           'STREAM_TYPES',
            'STAMP_SOURCES', 'sensor_qos', 'command_qos', 'latched_qos', 'reliable_qos',
            'resolve_joint_obs']
 
@@ -139,43 +140,53 @@ class StreamConfig:
         return len(self.obs_names)
 
 
-def declare_observation_params(node: Node) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Declare the ``observation.*`` parameters; return their raw values.
+def declare_observation_params(node: Node) -> list[str]:
+    """Declare the ``observation.*`` parameters (once, in ``__init__``).
 
     Returns:
-        ``(joint_state, streams)``: dictionaries of raw parameter values; turned into
-        :class:`StreamConfig` by :func:`resolve_joint_obs` once the model is known.
+        The extra stream names (``observation.streams``); their parameters are declared too.
     """
-    joint = {
-        'topic': declare(node, 'observation.joint_state.topic', '/joint_states',
-                         'JointState topic (joints matched by name)'),
-        'joints': declare(node, 'observation.joint_state.joints', [],
-                          'joints whose positions are model observations (default: the model '
-                          'observation names that are joint names)'),
-        'obs_names': declare(node, 'observation.joint_state.obs_names', [],
-                             'model observation names those joints fill (default: the same)'),
-        'max_age_s': declare(node, 'observation.joint_state.max_age_s', 0.25,
-                             'joint states older than this are stale', (1e-3, 60.0)),
-        'stamp_source': declare(node, 'observation.joint_state.stamp_source', 'header',
-                                "stamp: 'header' or 'receive' time"),
-    }
+    declare(node, 'observation.joint_state.topic', '/joint_states',
+            'JointState topic (joints matched by name)')
+    declare(node, 'observation.joint_state.joints', [], 'joints whose positions are model '
+            'observations (default: the model observation names that are joint names)')
+    declare(node, 'observation.joint_state.obs_names', [],
+            'model observation names those joints fill (default: the same)')
+    declare(node, 'observation.joint_state.max_age_s', 0.25,
+            'joint states older than this are stale', (1e-3, 60.0))
+    declare(node, 'observation.joint_state.stamp_source', 'header',
+            "stamp: 'header' or 'receive' time")
     names = declare(node, 'observation.streams', [],
-                    'names of extra observation streams (each configured under its name)')
-    streams = []
+                    'names of extra observation streams, each configured under its name (fixed '
+                    'at start-up)')
     for name in names:
         p = f'observation.{name}'
-        streams.append({
-            'name': name,
-            'type': declare(node, f'{p}.type', 'pose', "'pose', 'array' or 'pointcloud'"),
-            'topic': declare(node, f'{p}.topic', '', 'topic of the stream'),
-            'fields': declare(node, f'{p}.fields', [], 'pose or point fields to read'),
-            'obs_names': declare(node, f'{p}.obs_names', [], 'model observation names filled'),
-            'max_age_s': declare(node, f'{p}.max_age_s', 0.5, 'max sample age', (1e-3, 60.0)),
-            'stamp_source': declare(node, f'{p}.stamp_source', 'header',
-                                    "'header' or 'receive'"),
-            'n_points': declare(node, f'{p}.n_points', 0, 'pointcloud: 0 centroid, k points',
-                                (0, 100000)),
-        })
+        declare(node, f'{p}.type', 'pose', "'pose', 'array' or 'pointcloud'")
+        declare(node, f'{p}.topic', '', 'topic of the stream')
+        declare(node, f'{p}.fields', [], 'pose or point fields to read')
+        declare(node, f'{p}.obs_names', [], 'model observation names filled')
+        declare(node, f'{p}.max_age_s', 0.5, 'max sample age', (1e-3, 60.0))
+        declare(node, f'{p}.stamp_source', 'header', "'header' or 'receive'")
+        declare(node, f'{p}.n_points', 0, 'pointcloud: 0 centroid, k points', (0, 100000))
+    return list(names)
+
+
+def observation_params(node: Node, stream_names: Sequence[str],
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Current values of the ``observation.*`` parameters (read at configure time).
+
+    Returns:
+        ``(joint_state, streams)``: raw values, turned into :class:`StreamConfig` by
+        :func:`resolve_joint_obs` once the model is known.
+    """
+    def value(name: str) -> Any:
+        return node.get_parameter(name).value
+
+    keys = ('topic', 'joints', 'obs_names', 'max_age_s', 'stamp_source')
+    joint = {k: value(f'observation.joint_state.{k}') for k in keys}
+    keys = ('type', 'topic', 'fields', 'obs_names', 'max_age_s', 'stamp_source', 'n_points')
+    streams = [{'name': name, **{k: value(f'observation.{name}.{k}') for k in keys}}
+               for name in stream_names]
     return joint, streams
 
 

@@ -53,9 +53,9 @@ POSE_OBS = {
 class SimNode(Node):
     """Steps a registered task at its control rate with the commands it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_name: str = 'sim_node', **kwargs: Any) -> None:
         """Declare parameters, build the task, create the interfaces and timers."""
-        super().__init__('sim_node')
+        super().__init__(node_name, **kwargs)
         self._declare_parameters()
         p = self.params
         self.task: Task = make_task(p['task'], **({'max_steps': p['max_steps']}

@@ -1,0 +1,1 @@
+"""energyflow_ros: energy-based imitation-learning policies for ROS 2 arms."""

@@ -1,0 +1,331 @@
+"""policy_node over real DDS: commands, safety, observation loss, lifecycle, closed loop.
+
+One policy process (a small exported model) is shared by most tests; the test process plays
+the robot (:class:`FakeRobot`). The closed-loop test runs sim_node with the shipped model.
+"""
+
+import copy
+import json
+import os
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+import numpy as np
+import pytest
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+import yaml
+
+from energyflow_ros.nodes.params import latched_qos
+from test.ros_helpers import (domain_id, FakeRobot, NodeProcess, Probe, REPO, tiny_model,
+                              wait_until)
+
+DOMAIN = domain_id(__name__)
+FORWARD = '/forward_position_controller/commands'
+RATE_HZ = 50.0
+MAX_VELOCITY = 0.6
+MAX_STEP = MAX_VELOCITY / RATE_HZ
+MODEL_PERIOD = 0.1
+SHIPPED_MODEL = os.path.join(REPO, 'models', 'obstacles2d_energyflow.onnx')
+
+
+def policy_params(model, **overrides):
+    """config/policy.yaml's policy_node parameters, for tests."""
+    with open(os.path.join(REPO, 'config', 'policy.yaml'), encoding='utf-8') as handle:
+        params = yaml.safe_load(handle)['policy_node']['ros__parameters']
+    params = copy.deepcopy(params)
+    params.update(model_path=model, control_rate_hz=RATE_HZ, max_velocity=[MAX_VELOCITY],
+                  ramp_in_s=0.2, diagnostics_period_s=0.2)
+    params['observation']['joint_state']['max_age_s'] = 0.1
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture(scope='module')
+def probe():
+    probe = Probe(DOMAIN, 'policy_probe')
+    yield probe
+    probe.close()
+
+
+@pytest.fixture(scope='module')
+def robot(probe):
+    robot = FakeRobot(probe, {'robot_x': 0.2, 'robot_y': 0.8})
+    yield robot
+    robot.stop()
+
+
+@pytest.fixture(scope='module')
+def policy(probe, robot, tmp_path_factory):
+    node = NodeProcess('policy_node', policy_params(tiny_model()), DOMAIN,
+                       str(tmp_path_factory.mktemp('policy')))
+    rec = {'cmd': probe.record(Float64MultiArray, FORWARD),
+           'diag': probe.record(DiagnosticArray, '/diagnostics'),
+           'chunk': probe.record(Float64MultiArray, '/policy_node/chunk')}
+    assert wait_until(lambda: len(rec['cmd']) > 20, 40), node.log()
+    yield node, rec
+    assert node.interrupt() == 0, node.log()
+
+
+def reset_robot(robot, order=('robot_x', 'robot_y'), x=0.2, y=0.8):
+    robot.order = list(order)
+    robot.positions = {'robot_x': x, 'robot_y': y}
+    robot.override = None
+    robot.publishing.set()
+
+
+def commands_since(rec, t):
+    return np.array([m.data for m in rec['cmd'].since(t)])
+
+
+def latest_status(rec, since=0.0):
+    msgs = [m for m in rec['diag'].since(since) if m.status[0].hardware_id == 'policy_node']
+    return msgs[-1].status[0] if msgs else None
+
+
+def values(status):
+    return {kv.key: kv.value for kv in status.values}
+
+
+def assert_safe(rec, since, measured, limits=((0.0, 0.0), (1.0, 1.0))):
+    """Commands received after ``since``: finite, in the limits, never faster than the limit.
+
+    Every change between two received commands is a hold at the measured pose or at most
+    MAX_STEP per control tick elapsed between them (a command lost on the way, under load,
+    legitimately lets two received ones differ by more than one step).
+    """
+    timed = rec['cmd'].timed_since(since)
+    commands = np.array([m.data for _, m in timed])
+    times = np.array([t for t, _ in timed])
+    assert len(commands) and np.all(np.isfinite(commands))
+    assert np.all(commands >= limits[0]) and np.all(commands <= limits[1])
+    for k in range(1, len(commands)):
+        held = np.allclose(commands[k], measured, atol=1e-12)
+        ticks = max(1, int(round((times[k] - times[k - 1]) * RATE_HZ)))
+        step = np.max(np.abs(commands[k] - commands[k - 1]))
+        assert held or step <= ticks * MAX_STEP + 1e-9, (commands[k - 1], commands[k], ticks)
+    return commands
+
+
+def test_model_info_is_latched_for_late_subscribers(policy, probe):
+    late = probe.record(String, '/policy_node/model_info', latched_qos())
+    assert wait_until(lambda: len(late) > 0, 10)
+    info = json.loads(late.last().data)
+    assert info['joint_names'] == ['robot_x', 'robot_y']
+    assert info['obs_names'] == ['robot_x', 'robot_y', 'goal_x', 'goal_y']
+    assert info['provider'] == 'cpu' and info['horizon'] == 8
+
+
+def test_commands_are_safe_and_diagnostics_report_timing(policy, robot):
+    node, rec = policy
+    reset_robot(robot)
+    t0 = time.monotonic()
+    time.sleep(1.5)
+    cmds = assert_safe(rec, t0, np.array([0.2, 0.8]))
+    assert len(cmds) > 0.7 * 1.5 * RATE_HZ  # ~50 Hz arrive
+    status = latest_status(rec, t0)
+    v = values(status)
+    assert status.level == DiagnosticStatus.OK, status.message
+    assert v['state'] == 'active' and int(v['plans']) > 0 and v['provider'] == 'cpu'
+    for key in ('tick_latency_p50_ms', 'tick_latency_p99_ms', 'obs_to_cmd_p99_ms',
+                'observation_age_s', 'best_energy', 'deadline_misses'):
+        assert np.isfinite(float(v[key])), key
+
+
+def test_chunk_topic_carries_energy_and_layout(policy):
+    node, rec = policy
+    assert wait_until(lambda: len(rec['chunk']) > 0, 5)
+    msg = rec['chunk'].last()
+    dims = [(d.label, d.size) for d in msg.layout.dim]
+    assert dims == [('steps', 8), ('joints', 2)] and msg.layout.data_offset == 1
+    assert len(msg.data) == 1 + 16 and np.all(np.isfinite(msg.data))
+
+
+def test_observation_loss_holds_the_measured_pose_then_recovers(policy, robot):
+    node, rec = policy
+    reset_robot(robot, order=('robot_y', 'robot_x'), x=0.3, y=0.7)  # reordered on purpose
+    time.sleep(1.0)
+    robot.publishing.clear()
+    time.sleep(0.05)
+    t_stop = robot.last_published
+    time.sleep(0.8)
+    held = commands_since(rec, t_stop + 2 * MODEL_PERIOD)
+    assert len(held) > 10
+    np.testing.assert_array_equal(held, np.tile([0.3, 0.7], (len(held), 1)))  # by name
+    status = latest_status(rec, t_stop + 0.3)
+    assert status.level == DiagnosticStatus.ERROR and 'holding' in status.message
+    t_resume = time.monotonic()
+    robot.publishing.set()
+    assert wait_until(lambda: len(commands_since(rec, t_resume + 0.3)) > 10, 5)
+    time.sleep(1.0)
+    moved = assert_safe(rec, t_resume, np.array([0.3, 0.7]))
+    assert np.max(np.abs(moved - [0.3, 0.7])) > 1e-6  # the policy drives again
+    assert latest_status(rec, time.monotonic() - 0.3).level == DiagnosticStatus.OK
+
+
+def test_extra_unknown_joints_are_ignored(policy, robot):
+    node, rec = policy
+    reset_robot(robot)
+    robot.positions['gripper'] = 0.01
+    robot.order = ['gripper', 'robot_y', 'robot_x']
+    t0 = time.monotonic()
+    time.sleep(0.8)
+    assert latest_status(rec, t0 + 0.3).level == DiagnosticStatus.OK
+    assert_safe(rec, t0, np.array([0.2, 0.8]))
+    reset_robot(robot)
+
+
+def test_deactivate_holds_once_and_activate_resumes(policy, probe, robot):
+    node, rec = policy
+    reset_robot(robot, x=0.25, y=0.75)
+    time.sleep(0.6)
+    change = ChangeState.Request()
+    change.transition.id = Transition.TRANSITION_DEACTIVATE
+    t0 = time.monotonic()
+    assert probe.call(ChangeState, '/policy_node/change_state', change).success
+    time.sleep(0.6)
+    after = commands_since(rec, t0)
+    np.testing.assert_array_equal(after[-1], [0.25, 0.75])  # the hold, published once
+    t1 = time.monotonic()
+    time.sleep(0.5)
+    assert len(commands_since(rec, t1)) == 0
+    state = probe.call(GetState, '/policy_node/get_state', GetState.Request())
+    assert state.current_state.label == 'inactive'
+    change.transition.id = Transition.TRANSITION_ACTIVATE
+    assert probe.call(ChangeState, '/policy_node/change_state', change).success
+    assert wait_until(lambda: len(commands_since(rec, t1)) > 10, 5)
+
+
+def test_trajectory_interface_by_name_and_hold_on_shutdown(probe, robot, tmp_path):
+    reset_robot(robot, x=0.4, y=0.6)
+    params = policy_params(tiny_model(), command_interface='trajectory',
+                           joint_names=['robot_y', 'robot_x'])
+    node = NodeProcess('policy_node', params, DOMAIN, str(tmp_path), node_name='traj_policy')
+    traj = probe.record(JointTrajectory, '/joint_trajectory_controller/joint_trajectory')
+    try:
+        assert wait_until(lambda: len(traj) > 20, 40), node.log()
+        msg = traj.last()
+        assert list(msg.joint_names) == ['robot_y', 'robot_x'] and len(msg.points) == 1
+        assert msg.points[0].time_from_start.nanosec == pytest.approx(1e9 / RATE_HZ, abs=1)
+    finally:
+        assert node.interrupt() == 0, node.log()
+    time.sleep(0.3)
+    assert list(traj.last().points[0].positions) == [0.6, 0.4]  # the final hold, by name
+    assert 'holding the last measured position' in node.log()
+
+
+@pytest.mark.skipif(not os.path.exists(SHIPPED_MODEL),
+                    reason=f'{SHIPPED_MODEL} is not shipped yet (the trained obstacles2d '
+                           'model; the lead adds it)')
+def test_closed_loop_on_the_simulated_task_succeeds(probe, tmp_path):
+    """sim_node + policy_node with the shipped model: episodes reach the goal."""
+    sim_params = {'task': 'obstacles2d', 'seed': 1000, 'publish_rate_hz': 50.0,
+                  'episodes': 3, 'reset_pause_s': 0.5, 'joint_states_topic': '/loop/joints',
+                  'pose_topic': '/loop/pose', 'status_topic': '/loop/status',
+                  'episodes_topic': '/loop/episodes', 'forward_command_topic': '/loop/cmd',
+                  'trajectory_topic': '/loop/traj'}
+    params = policy_params(SHIPPED_MODEL, forward_command_topic='/loop/cmd',
+                           discontinuity_threshold=0.2)
+    params['observation']['joint_state']['topic'] = '/loop/joints'
+    params['observation']['object_pose']['topic'] = '/loop/pose'
+    qos = latched_qos()
+    qos.depth = 10
+    episodes = probe.record(String, '/loop/episodes', qos)
+    sim = NodeProcess('sim_node', sim_params, DOMAIN, str(tmp_path), node_name='loop_sim')
+    policy = NodeProcess('policy_node', params, DOMAIN, str(tmp_path), node_name='loop_policy')
+    try:
+        assert wait_until(lambda: len(episodes) >= 3, 60), policy.log() + sim.log()
+    finally:
+        assert policy.interrupt() == 0
+        assert sim.interrupt() == 0
+    results = [json.loads(m.data) for m in episodes.since(0.0)]
+    assert sum(r['success'] for r in results) >= 2, results
+
+
+# ---------------------------------------------------------------- message conversions
+def test_pose_fields_by_name_and_yaw_ranges():
+    from energyflow_ros.nodes.messages import make_pose_stamped, pose_values, sec_to_stamp
+
+    msg = make_pose_stamped(1.5, -2.0, 5.5, sec_to_stamp(12.25))
+    x, y, yaw, yaw_2pi = pose_values(msg, ['x', 'y', 'yaw', 'yaw_2pi'])
+    assert (x, y) == (1.5, -2.0)
+    assert yaw == pytest.approx(5.5 - 2 * np.pi) and yaw_2pi == pytest.approx(5.5)
+    assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 250_000_000
+
+
+def test_joint_indexer_matches_by_name_and_names_what_is_missing():
+    from sensor_msgs.msg import JointState
+
+    from energyflow_ros.nodes.messages import JointIndexer
+
+    indexer = JointIndexer(['a', 'b'])
+    msg = JointState(name=['c', 'b', 'a'], position=[9.0, 2.0, 1.0])
+    np.testing.assert_array_equal(indexer.positions(msg), [1.0, 2.0])
+    msg.name = ['b', 'c', 'a']  # a new order re-indexes
+    np.testing.assert_array_equal(indexer.positions(msg), [1.0, 9.0])
+    with pytest.raises(ValueError, match=r"lacks joints \['b'\]"):
+        indexer.positions(JointState(name=['a'], position=[1.0]))
+    with pytest.raises(ValueError, match='2 names but 1 positions'):
+        indexer.positions(JointState(name=['a', 'b'], position=[1.0]))
+
+
+def test_float64_array_honours_data_offset_and_length():
+    from energyflow_ros.nodes.messages import array_values, make_chunk_array
+
+    msg = make_chunk_array(np.arange(6.0).reshape(3, 2), energy=-1.5)
+    assert msg.data[0] == -1.5
+    np.testing.assert_array_equal(array_values(msg, 6), np.arange(6.0))
+    with pytest.raises(ValueError, match='holds 6 values, expected 4'):
+        array_values(msg, 4)
+
+
+def test_trajectory_by_name_reorders_and_rejects_unknown_joints():
+    from trajectory_msgs.msg import JointTrajectoryPoint
+
+    from energyflow_ros.nodes.messages import sec_to_duration, trajectory_by_name
+
+    msg = JointTrajectory(joint_names=['b', 'a'])
+    msg.points = [JointTrajectoryPoint(positions=[2.0, 1.0],
+                                       time_from_start=sec_to_duration(0.5))]
+    times, positions = trajectory_by_name(msg, ['a', 'b'])
+    np.testing.assert_array_equal(positions, [[1.0, 2.0]])
+    assert times.tolist() == [0.5]
+    msg.joint_names = ['b', 'elbow']
+    with pytest.raises(ValueError, match=r"unknown \['elbow'\], missing \['a'\]"):
+        trajectory_by_name(msg, ['a', 'b'])
+
+
+def test_pointcloud_stream_needs_sensor_msgs_py():
+    import importlib.util
+
+    from energyflow_ros.nodes.model_loader import ConfigError
+    from energyflow_ros.nodes.observers import ObservationInputs
+    from energyflow_ros.nodes.params import StreamConfig
+
+    stream = StreamConfig('cloud', 'pointcloud', '/cloud', ('x', 'y', 'z'),
+                          ('cx', 'cy', 'cz'), 0.5, 'header', 0)
+    if importlib.util.find_spec('sensor_msgs_py') is None:
+        with pytest.raises(ConfigError, match='sensor_msgs_py is not installed'):
+            ObservationInputs._pointcloud_type(stream)
+    else:
+        assert ObservationInputs._pointcloud_type(stream).__name__ == 'PointCloud2'
+
+
+def test_pointcloud_centroid_and_first_points():
+    point_cloud2 = pytest.importorskip(
+        'sensor_msgs_py.point_cloud2', reason='sensor_msgs_py is not installed (no PyPI '
+        'wheel); PointCloud2 streams need it on a real ROS 2 install')
+    from std_msgs.msg import Header
+
+    from energyflow_ros.nodes.messages import pointcloud_values
+
+    points = [(1.0, 2.0, 3.0), (3.0, 4.0, 5.0), (float('nan'), 0.0, 0.0)]
+    cloud = point_cloud2.create_cloud_xyz32(Header(frame_id='map'), points)
+    np.testing.assert_allclose(pointcloud_values(cloud, ['x', 'y', 'z'], 0), [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(pointcloud_values(cloud, ['x', 'y'], 2), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match='need 3'):
+        pointcloud_values(cloud, ['x'], 3)
+    with pytest.raises(ValueError, match="lacks fields \\['rgb'\\]"):
+        pointcloud_values(cloud, ['rgb'], 0)
