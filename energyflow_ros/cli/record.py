@@ -160,7 +160,7 @@ class ExpertDriver(Node):
 
 def _start_sim(args: argparse.Namespace) -> subprocess.Popen:
     params = {'task': args.task, 'seed': args.seed, 'episodes': args.episodes,
-              'reset_pause_s': 0.3}
+              'reset_pause_s': 0.3, 'time_scale': args.time_scale}
     cmd = [sys.executable, '-m', 'energyflow_ros.nodes.sim_node', '--ros-args']
     for key, value in params.items():
         cmd += ['-p', f'{key}:={value}']
@@ -218,6 +218,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='seed of the first episode')
     parser.add_argument('--out', default='outputs/record', help='output folder')
     parser.add_argument('--storage', default='mcap', choices=sorted(STORAGES))
+    parser.add_argument('--time-scale', type=float, default=1.0,
+                        help='run the simulator this many times faster than real time')
     parser.add_argument('--timeout', type=float, default=600.0, help='give up after (s)')
     parser.add_argument('--no-sim', action='store_true',
                         help='drive an already running sim_node instead of starting one')

@@ -66,7 +66,7 @@ class SimNode(Node):
         self._pose_idx = self._pose_indices(p['pose_obs_names'] or POSE_OBS.get(p['task'], ()))
         self.lower = np.array(p['joint_lower'] or info.action_low, dtype=np.float64)
         self.upper = np.array(p['joint_upper'] or info.action_high, dtype=np.float64)
-        self.period = 1.0 / info.control_hz
+        self.period = 1.0 / (info.control_hz * p['time_scale'])
         self.episode = 0
         self.finished = False
         self.rejected = 0
@@ -75,14 +75,16 @@ class SimNode(Node):
         self._create_interfaces()
         self._reset_episode()
         self.create_timer(self.period, self._step)
-        publish_hz = max(p['publish_rate_hz'], info.control_hz)
+        step_hz = info.control_hz * p['time_scale']
+        publish_hz = max(p['publish_rate_hz'], step_hz)
         self._last_publish = -np.inf
-        if publish_hz > info.control_hz:
+        if publish_hz > step_hz:
             self._publish_period = 1.0 / publish_hz
             self.create_timer(self._publish_period, self._publish_between_steps)
         self.get_logger().info(
             f'task {info.name}: joints {list(self.joint_names)}, limits {self.lower.tolist()} '
-            f'.. {self.upper.tolist()}, {info.control_hz:g} Hz, seed {p["seed"]}')
+            f'.. {self.upper.tolist()}, {info.control_hz:g} Hz x {p["time_scale"]:g}, '
+            f'seed {p["seed"]}')
 
     def _declare_parameters(self) -> None:
         self.params: dict[str, Any] = {
@@ -115,6 +117,9 @@ class SimNode(Node):
                                         '/joint_trajectory_controller/joint_trajectory',
                                         'JointTrajectory command input'),
             'frame_id': declare(self, 'frame_id', 'world', 'frame of the object pose'),
+            'time_scale': declare(self, 'time_scale', 1.0, 'simulated seconds per wall-clock '
+                                  'second (> 1 records demonstrations faster than real time)',
+                                  (0.1, 20.0), read_only=True),
             'reset_pause_s': declare(self, 'reset_pause_s', 0.5, 'state is published but not '
                                      'stepped this long after a reset', (0.0, 60.0)),
         }
