@@ -26,7 +26,7 @@ class GaussianEnergy:
 
 
 class MixtureEnergy:
-    """E(o, a, sigma) = -log of an equal-weight 2-D Gaussian mixture convolved with N(0, sigma**2 I).
+    """E(o, a, sigma) = -log of an equal-weight 2-D Gaussian mixture * N(0, sigma**2 I).
 
     Chunks are (1, 2); the observation is ignored.
     """

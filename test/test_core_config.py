@@ -24,7 +24,8 @@ def test_invalid_values_name_the_field(build, field):
 
 
 def test_unknown_field_is_rejected_by_name():
-    with pytest.raises(ConfigError, match=r"energyflow\.schedule: unknown field\(s\) \['sigma_mn'\]"):
+    message = r"energyflow\.schedule: unknown field\(s\) \['sigma_mn'\]"
+    with pytest.raises(ConfigError, match=message):
         config_from_dict(EnergyFlowConfig, {'schedule': {'sigma_mn': 0.1}}, 'energyflow')
 
 

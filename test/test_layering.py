@@ -1,4 +1,4 @@
-"""Imports point one way: the math never imports ROS; the robot-side runtime never imports torch."""
+"""Imports point one way: the math never imports ROS; the robot side never imports torch."""
 
 import subprocess
 import sys
@@ -6,7 +6,8 @@ import sys
 import pytest
 
 ROS_FREE = ['energyflow_ros.core', 'energyflow_ros.core.methods', 'energyflow_ros.training',
-            'energyflow_ros.training.checkpoint', 'energyflow_ros.runtime', 'energyflow_ros.export',
+            'energyflow_ros.training.checkpoint', 'energyflow_ros.runtime',
+            'energyflow_ros.export',
             'energyflow_ros.data', 'energyflow_ros.data.dataset', 'energyflow_ros.sim',
             'energyflow_ros.sim.registry', 'energyflow_ros.sim.demos']
 TORCH_FREE = ['energyflow_ros.runtime', 'energyflow_ros.nodes', 'energyflow_ros.sim.registry',

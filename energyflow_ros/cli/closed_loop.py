@@ -55,7 +55,8 @@ def package_file(folder: str, name: str) -> str:
 
 def start_node(name: str, params_file: str, overrides: dict[str, Any],
                log_dir: str) -> subprocess.Popen:
-    """Run ``energyflow_ros.nodes.<name>`` in its own process, output to ``<log_dir>/<name>.log``."""
+    """Run ``energyflow_ros.nodes.<name>`` in its own process; output goes to
+    ``<log_dir>/<name>.log``."""
     cmd = [sys.executable, '-m', f'energyflow_ros.nodes.{name}', '--ros-args',
            '--params-file', params_file]
     for key, value in overrides.items():

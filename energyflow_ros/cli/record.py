@@ -9,8 +9,8 @@ pairs the expert actually used), and it checks that reading the bag gives identi
 
 One command per simulator step: the expert acts when the status of a new step has arrived
 together with the joint state and pose of that step (equal header stamps, newer than the last
-ones used), and publishes the episode number on ``/demo/episode`` (once per episode, received back before
-the episode's first command is sent).
+ones used), and publishes the episode number on ``/demo/episode`` (once per episode,
+received back before the episode's first command is sent).
 """
 
 from __future__ import annotations

@@ -191,7 +191,8 @@ class LangevinConfig:
         n_particles: particles per observation; the lowest-energy one is returned.
         n_scales: noise scales visited from sigma_max down to sigma_min (1 for sigma-free models).
         steps_per_scale: Langevin steps at each scale.
-        step_size: step size relative to sigma**2 at each scale (epsilon_i = step_size * sigma_i**2).
+        step_size: step size relative to sigma**2 at each scale
+            (epsilon_i = step_size * sigma_i**2).
         noise: multiplier on the injected Gaussian noise (0 gives gradient descent).
     """
 

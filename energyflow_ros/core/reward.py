@@ -23,7 +23,7 @@ def reference_chunks(m: int, horizon: int, action_dim: int, seed: int = 0) -> to
 @torch.no_grad()
 def centered_reward(energy: EnergyFn, obs: torch.Tensor, act: torch.Tensor, sigma_min: float,
                     reference: torch.Tensor) -> torch.Tensor:
-    """r(o, a) = -[E(o, a, sigma_min) - mean_m E(o, ref_m, sigma_min)] (EnergyFlow's CenteredReward).
+    """EnergyFlow's CenteredReward: r(o, a) = -[E(o, a, s) - mean_m E(o, ref_m, s)], s = sigma_min.
 
     Args:
         energy: sigma-indexed energy function.

@@ -56,7 +56,10 @@ def shift_chunk(chunk: torch.Tensor, executed: int) -> torch.Tensor:
 
 
 def select_lowest(energies: torch.Tensor, particles: torch.Tensor) -> SampleResult:
-    """Pick, per observation, the particle of lowest energy. energies (B, N), particles (B, N, H, A)."""
+    """Pick, per observation, the particle of lowest energy.
+
+    energies (B, N), particles (B, N, H, A).
+    """
     best = energies.argmin(dim=1)
     rows = torch.arange(particles.shape[0], device=particles.device)
     return SampleResult(particles[rows, best], energies[rows, best], particles)
@@ -178,7 +181,7 @@ class ProbabilityFlowSampler:
 
 
 class DerivativeFreeSampler:
-    """IBC's derivative-free optimiser: uniform samples, resample by softmax(-E), perturb, shrink."""
+    """IBC's derivative-free optimiser: uniform samples, softmax(-E) resampling, shrinking noise."""
 
     def __init__(self, energy: EnergyFn, low: torch.Tensor, high: torch.Tensor,
                  cfg: DFOConfig) -> None:
@@ -186,7 +189,7 @@ class DerivativeFreeSampler:
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
                init: torch.Tensor | None = None) -> SampleResult:
-        """Sample one chunk per observation; ``init`` particles replace part of the uniform draw."""
+        """One chunk per observation; ``init`` particles replace part of the uniform draw."""
         cfg, low, high = self.cfg, self.low.to(obs), self.high.to(obs)
         shape = (obs.shape[0], cfg.n_samples, *low.shape)
         a = low + (high - low) * torch.rand(shape, generator=generator, device=obs.device)

@@ -14,7 +14,8 @@ __all__ = ['VESchedule', 'DDPMSchedule']
 class VESchedule:
     """sigma(t) = sigma_min * (sigma_max / sigma_min) ** t for t in [0, 1].
 
-    The probability-flow ODE of this process has d(sigma**2)/dt = 2 sigma**2 ln(sigma_max/sigma_min).
+    The probability-flow ODE of this process has
+    d(sigma**2)/dt = 2 sigma**2 ln(sigma_max / sigma_min).
     """
 
     def __init__(self, cfg: NoiseScheduleConfig) -> None:

@@ -43,7 +43,8 @@ from energyflow_ros.core.config import config_to_dict, ConfigError
 from energyflow_ros.data.dataset import DemoError
 
 __all__ = [
-    'BagSpecError', 'POSE_AXES', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec', 'load_bag_spec',
+    'BagSpecError', 'POSE_AXES', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec',
+    'load_bag_spec',
     'JOINT_STATE', 'MULTI_ARRAY', 'POSE_STAMPED', 'JOINT_TRAJECTORY', 'BOOL', 'INT32',
 ]
 
