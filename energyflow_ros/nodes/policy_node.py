@@ -40,6 +40,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from energyflow_ros.nodes.diagnostics import make_diagnostics, RollingStats
+from energyflow_ros.nodes.lifecycle import AutostartMixin
 from energyflow_ros.nodes.messages import (make_chunk_array, make_float64_array,
                                            make_joint_trajectory)
 from energyflow_ros.nodes.model_loader import (ConfigError, declare_provider_params,
@@ -58,7 +59,7 @@ INPUT_ERROR_HOLD_S = 2.0  # an input error keeps the diagnostics at ERROR this l
 WAITING_FOR_PLAN = 'waiting for the first plan'
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(AutostartMixin, LifecycleNode):
     """Runs an exported policy at the control rate with safety filtering (see module doc)."""
 
     def __init__(self, node_name: str = 'policy_node', **kwargs: Any) -> None:
@@ -79,7 +80,7 @@ class PolicyNode(LifecycleNode):
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable_qos())
         self.create_timer(self.p['diagnostics_period_s'], self.publish_diagnostics)
         if self.p['autostart']:
-            self._autostart_timer = self.create_timer(0.05, self._autostart)
+            self.schedule_autostart()
 
     def _declare_parameters(self) -> dict[str, Any]:
         d = declare
@@ -139,25 +140,10 @@ class PolicyNode(LifecycleNode):
         }
 
     # ------------------------------------------------------------------ lifecycle
-    def _autostart(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load, validate and warm up the model; create publishers and subscriptions."""
-        self.p.update({name: self.get_parameter(name).value for name in self.p})
-        try:
-            self._configure()
-        except Exception as exc:  # noqa: BLE001 - any failure: FAILURE, never a dead node
-            self._destroy_entities()
-            self._loaded = None
-            reason = str(exc) if isinstance(exc, ConfigError) else f'{type(exc).__name__}: {exc}'
-            self._error = f'configure failed: {reason}'
-            self.get_logger().error(self._error)
-            self.publish_diagnostics()
+        if self.configure_or_fail(self._drop_model) == TransitionCallbackReturn.FAILURE:
             return TransitionCallbackReturn.FAILURE
-        self._error = ''
         info = self._loaded
         self.get_logger().info(
             f'model {info.path} ({info.metadata.method}, task {info.metadata.task or "?"}) on '
@@ -168,6 +154,10 @@ class PolicyNode(LifecycleNode):
             gc.collect()
             gc.freeze()
         return TransitionCallbackReturn.SUCCESS
+
+    def _drop_model(self) -> None:
+        self._destroy_entities()
+        self._loaded = None
 
     def _configure(self) -> None:
         if self.p['command_interface'] not in COMMAND_INTERFACES:

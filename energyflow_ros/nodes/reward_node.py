@@ -41,6 +41,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from energyflow_ros.nodes.diagnostics import make_diagnostics
+from energyflow_ros.nodes.lifecycle import AutostartMixin
 from energyflow_ros.nodes.messages import array_values, sec_to_stamp, trajectory_by_name
 from energyflow_ros.nodes.model_loader import ConfigError, declare_provider_params, load_onnx
 from energyflow_ros.nodes.observers import ObservationInputs
@@ -52,7 +53,7 @@ from energyflow_ros.runtime.reward import EnergyReward
 __all__ = ['RewardNode', 'main']
 
 
-class RewardNode(LifecycleNode):
+class RewardNode(AutostartMixin, LifecycleNode):
     """Publishes the centred energy reward of executed chunks (see module doc)."""
 
     def __init__(self, node_name: str = 'reward_node', **kwargs: Any) -> None:
@@ -88,26 +89,12 @@ class RewardNode(LifecycleNode):
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable_qos())
         self.create_timer(1.0, self.publish_diagnostics)
         if self.p['autostart']:
-            self._autostart_timer = self.create_timer(0.05, self._autostart)
-
-    def _autostart(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+            self.schedule_autostart()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the energy graph, check joints and streams, subscribe, create publishers."""
-        self.p.update({name: self.get_parameter(name).value for name in self.p})
-        try:
-            self._configure()
-        except Exception as exc:  # noqa: BLE001 - any failure: FAILURE, never a dead node
-            self._destroy_entities()
-            reason = str(exc) if isinstance(exc, ConfigError) else f'{type(exc).__name__}: {exc}'
-            self._error = f'configure failed: {reason}'
-            self.get_logger().error(self._error)
-            self.publish_diagnostics()
+        if self.configure_or_fail(self._destroy_entities) == TransitionCallbackReturn.FAILURE:
             return TransitionCallbackReturn.FAILURE
-        self._error = ''
         meta = self.meta
         self.get_logger().info(f'reward of {self.p["model_path"]}: sigma {self.reward.sigma:g},'
                                f' {len(self.reward.reference)} reference chunks, delay '
