@@ -248,6 +248,48 @@ def test_planar_pose_fields_give_x_y_and_yaw(tmp_path: Path) -> None:
     assert demos.obs_names == ['/block/x', '/block/y', '/block/yaw']
 
 
+def cloud(ns: int, points: np.ndarray) -> Any:
+    """A PointCloud2 of float32 x, y, z plus a uint8 'tag' field (ignored), little-endian."""
+    pf = TS.types['sensor_msgs/msg/PointField']
+    fields = [pf(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate('xyz')]
+    fields.append(pf(name='tag', offset=12, datatype=2, count=1))
+    rows = np.zeros(len(points), dtype=[('x', '<f4'), ('y', '<f4'), ('z', '<f4'),
+                                         ('tag', 'u1'), ('pad', 'u1', 3)])
+    rows['x'], rows['y'], rows['z'] = points.T
+    return TS.types['sensor_msgs/msg/PointCloud2'](
+        header=header(ns), height=1, width=len(points), fields=fields, is_bigendian=False,
+        point_step=16, row_step=16 * len(points),
+        data=np.frombuffer(rows.tobytes(), dtype=np.uint8), is_dense=False)
+
+
+def test_point_cloud_centroid_and_first_points(tmp_path: Path) -> None:
+    cloud_type = 'sensor_msgs/msg/PointCloud2'
+    msgs = []
+    for i in range(6):
+        ns = T0 + i * NS // 10
+        pts = np.array([[i, 0.0, 1.0], [i + 2.0, 4.0, 1.0], [np.nan, 1.0, 1.0]])
+        if i == 3:
+            pts = pts[2:]  # only a NaN point: that frame cannot be used
+        msgs.append(('/cloud', cloud_type, ns, cloud(ns, pts)))
+        msgs.append(('/cmd', F64, ns + 1_000_000, multi_array([float(i), 0.0, 0.0])))
+    bag = write_bag(tmp_path / 'b', msgs)
+    action = {'topic': '/cmd', 'type': F64, 'joints': JOINTS}
+    centroid, report = read_rosbag(bag, {'observations': [
+        {'topic': '/cloud', 'type': cloud_type}], 'action': action})
+    kept = np.array([0, 1, 2, 4, 5], dtype=float)
+    np.testing.assert_allclose(centroid.obs, np.c_[kept + 1.0, np.full(5, 2.0), np.ones(5)])
+    assert report.frames_dropped == 1
+    assert centroid.obs_names == ['/cloud/centroid/x', '/cloud/centroid/y', '/cloud/centroid/z']
+    first, _ = read_rosbag(bag, {'observations': [
+        {'topic': '/cloud', 'type': cloud_type, 'fields': ['y', 'x'], 'n_points': 2}],
+        'action': action})
+    np.testing.assert_allclose(first.obs[0], [0.0, 0.0, 4.0, 2.0])
+    assert first.obs_names[:2] == ['/cloud/p0/y', '/cloud/p0/x']
+    with pytest.raises(DemoError, match="lacks fields \\['w'\\]"):
+        read_rosbag(bag, {'observations': [{'topic': '/cloud', 'type': cloud_type,
+                                            'fields': ['w']}], 'action': action})
+
+
 def test_spec_rejects_unknown_key_and_bad_values(tmp_path: Path) -> None:
     bad = {**SPEC, 'observations': [{**SPEC['observations'][0], 'jionts': ['a']}]}
     with pytest.raises(BagSpecError, match=r"observations\[0\]: unknown key\(s\) \['jionts'\]"):
@@ -256,9 +298,9 @@ def test_spec_rejects_unknown_key_and_bad_values(tmp_path: Path) -> None:
         BagSpec.from_dict({**SPEC, 'rate': 10})
     with pytest.raises(BagSpecError, match='align'):
         BagSpec.from_dict({**SPEC, 'align': 'nearest'})
-    with pytest.raises(BagSpecError, match='left out'):
+    with pytest.raises(BagSpecError, match='n_points'):
         BagSpec.from_dict({**SPEC, 'observations': [
-            {'topic': '/cloud', 'type': 'sensor_msgs/msg/PointCloud2'}]})
+            {'topic': '/tool', 'type': 'geometry_msgs/PoseStamped', 'n_points': 3}]})
     with pytest.raises(BagSpecError, match="stamp = 'header'.*no header"):
         BagSpec.from_dict({**SPEC, 'observations': [
             {'topic': '/g', 'type': 'std_msgs/msg/Float64MultiArray', 'size': 2,

@@ -45,7 +45,8 @@ from energyflow_ros.data.dataset import DemoError
 __all__ = [
     'BagSpecError', 'POSE_AXES', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec',
     'load_bag_spec',
-    'JOINT_STATE', 'MULTI_ARRAY', 'POSE_STAMPED', 'JOINT_TRAJECTORY', 'BOOL', 'INT32',
+    'JOINT_STATE', 'MULTI_ARRAY', 'POSE_STAMPED', 'POINT_CLOUD', 'JOINT_TRAJECTORY', 'BOOL',
+    'INT32',
 ]
 
 JOINT_STATE = 'sensor_msgs/msg/JointState'
@@ -55,7 +56,8 @@ JOINT_TRAJECTORY = 'trajectory_msgs/msg/JointTrajectory'
 BOOL = 'std_msgs/msg/Bool'
 INT32 = 'std_msgs/msg/Int32'
 
-OBS_TYPES = (JOINT_STATE, MULTI_ARRAY, POSE_STAMPED)
+POINT_CLOUD = 'sensor_msgs/msg/PointCloud2'
+OBS_TYPES = (JOINT_STATE, MULTI_ARRAY, POSE_STAMPED, POINT_CLOUD)
 ACTION_TYPES = (MULTI_ARRAY, JOINT_TRAJECTORY, JOINT_STATE)
 MARKER_TYPES = (BOOL, INT32)
 HEADERLESS = (MULTI_ARRAY, BOOL, INT32)
@@ -66,10 +68,11 @@ POSE_AXES = {'position': ('x', 'y', 'z'), 'orientation': ('x', 'y', 'z', 'w'),
 FIELD_CHOICES = {JOINT_STATE: ('position', 'velocity', 'effort'),
                  POSE_STAMPED: tuple(POSE_AXES)}
 DEFAULT_FIELDS = {JOINT_STATE: ('position',), POSE_STAMPED: ('position', 'orientation'),
+                  POINT_CLOUD: ('x', 'y', 'z'),
                   MULTI_ARRAY: ()}
 ALIGN_MODES = ('hold', 'asof')
 STAMP_SOURCES = ('header', 'receive')
-LEFT_OUT = {'sensor_msgs/msg/PointCloud2': 'point clouds are not read from bags (left out)'}
+LEFT_OUT: dict[str, str] = {}  # types we recognise but do not read, with the reason
 
 
 class BagSpecError(ConfigError, DemoError):
@@ -138,7 +141,10 @@ class StreamSpec:
             PoseStamped: any of position (x y z), orientation (qx qy qz qw), or the single
             values x, y, z, yaw (heading about z in [-pi, pi)), yaw_2pi (the same in
             [0, 2 pi)) (default position and orientation).
+            PointCloud2: point field names (default x y z).
         size: Float64MultiArray only: the length every message must have.
+        n_points: PointCloud2 only: 0 (default) for the centroid of the finite points, k for
+            the first k finite points, flattened.
         stamp: 'header' or 'receive' (the recorder's receive time); default header when the
             type has one, receive otherwise.
         max_age_s: how old (hold) or how far (asof) a message may be from the frame time;
@@ -152,6 +158,7 @@ class StreamSpec:
     size: int | None = None
     stamp: str | None = None
     max_age_s: float | None = None
+    n_points: int = 0
 
     def __post_init__(self) -> None:
         owner = f'observation {self.topic}'
@@ -177,6 +184,15 @@ class StreamSpec:
             return
         if self.size is not None:
             _fail(owner, 'size', self.size, f'no size for {msg_type}')
+        bad_count = isinstance(self.n_points, bool) or not isinstance(
+            self.n_points, int) or self.n_points < 0
+        if bad_count or (self.n_points and msg_type != POINT_CLOUD):
+            _fail(owner, 'n_points', self.n_points, 'an integer >= 0, PointCloud2 only')
+        if msg_type == POINT_CLOUD:
+            if not all(isinstance(f, str) and f for f in self.fields) or len(
+                    set(self.fields)) != len(self.fields):
+                _fail(owner, 'fields', list(self.fields), 'distinct point field names')
+            return
         choices = FIELD_CHOICES[msg_type]
         if any(f not in choices for f in self.fields) or len(set(self.fields)) != len(
                 self.fields):
@@ -189,6 +205,8 @@ class StreamSpec:
             return len(self.joints) * len(self.fields)
         if self.type == MULTI_ARRAY:
             return int(self.size or 0)
+        if self.type == POINT_CLOUD:
+            return len(self.fields) * max(self.n_points, 1)
         return sum(len(POSE_AXES[f]) for f in self.fields)
 
     def names(self) -> list[str]:
@@ -197,6 +215,10 @@ class StreamSpec:
             return [f'{self.topic}/{j}/{f}' for j in self.joints for f in self.fields]
         if self.type == MULTI_ARRAY:
             return [f'{self.topic}/{i}' for i in range(self.dim)]
+        if self.type == POINT_CLOUD:
+            points = ['centroid'] if self.n_points == 0 else [
+                f'p{i}' for i in range(self.n_points)]
+            return [f'{self.topic}/{p}/{f}' for p in points for f in self.fields]
         return [f'{self.topic}/{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]
 
 

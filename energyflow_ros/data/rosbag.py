@@ -31,7 +31,8 @@ from rosbags.typesys.store import Typestore
 from energyflow_ros.data.align import (
     NS, ReadReport, Stream, assemble_frames, clock_ticks, gap_segments, marker_segments)
 from energyflow_ros.data.bag_config import (
-    BOOL, JOINT_STATE, JOINT_TRAJECTORY, POSE_AXES, POSE_STAMPED, ActionSpec, BagSpec,
+    BOOL, JOINT_STATE, JOINT_TRAJECTORY, POINT_CLOUD, POSE_AXES, POSE_STAMPED, ActionSpec,
+    BagSpec,
     StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
 
@@ -185,6 +186,56 @@ class _PoseValues(_Extractor):
         return [f'{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]
 
 
+# sensor_msgs/PointField datatypes -> numpy
+_POINT_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4', 8: 'f8'}
+
+
+def cloud_points(msg: Any, fields: tuple[str, ...]) -> np.ndarray:
+    """(P, len(fields)) float64 values of the finite points of a PointCloud2, in order.
+
+    Raises:
+        ValueError: a field is missing or of an unknown datatype.
+    """
+    layout = {f.name: f for f in msg.fields}
+    missing = [f for f in fields if f not in layout]
+    if missing:
+        raise ValueError(f'PointCloud2 lacks fields {missing} (it has {sorted(layout)})')
+    order = '>' if msg.is_bigendian else '<'
+    n = int(msg.width) * int(msg.height)
+    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)[:n * msg.point_step]
+    rows = raw.reshape(n, msg.point_step)
+    columns = []
+    for name in fields:
+        f = layout[name]
+        if f.datatype not in _POINT_TYPES:
+            raise ValueError(f'PointCloud2 field {name!r} has unknown datatype {f.datatype}')
+        dtype = np.dtype(order + _POINT_TYPES[f.datatype])
+        cell = np.ascontiguousarray(rows[:, f.offset:f.offset + dtype.itemsize])
+        columns.append(cell.view(dtype)[:, 0].astype(np.float64))
+    points = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
+    return points[np.isfinite(points).all(axis=1)]
+
+
+class _CloudValues(_Extractor):
+    def __init__(self, fields: tuple[str, ...], n_points: int, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields, self.n_points = fields, n_points
+
+    def values(self, msg: Any, recv_ns: int) -> np.ndarray:
+        try:
+            points = cloud_points(msg, self.fields)
+        except ValueError as exc:
+            raise DemoError(f'{self.where(recv_ns)}: {exc}') from exc
+        need = max(self.n_points, 1)
+        if len(points) < need:  # too few points: a non-finite frame, dropped and counted
+            return np.full(len(self.fields) * need, np.nan)
+        return points.mean(axis=0) if self.n_points == 0 else points[:need].reshape(-1)
+
+    def dim_names(self) -> list[str]:
+        points = ['centroid'] if self.n_points == 0 else [f'p{i}' for i in range(self.n_points)]
+        return [f'{p}/{f}' for p in points for f in self.fields]
+
+
 class _MarkerValues(_Extractor):
     def values(self, msg: Any, recv_ns: int) -> np.ndarray:
         return np.array([float(msg.data)])
@@ -199,6 +250,8 @@ def _observation_extractor(s: StreamSpec, bag: str, start_ns: int) -> _Extractor
         return _JointStateValues(s.fields, s.joints, *common)
     if s.type == POSE_STAMPED:
         return _PoseValues(s.fields, *common)
+    if s.type == POINT_CLOUD:
+        return _CloudValues(s.fields, s.n_points, *common)
     return _MultiArrayValues(s.names(), *common)
 
 
