@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import json
-import signal
 import threading
 import time
 from typing import Any
@@ -35,7 +34,6 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -48,6 +46,7 @@ from energyflow_ros.nodes.model_loader import (ConfigError, declare_provider_par
 from energyflow_ros.nodes.observers import ObservationInputs
 from energyflow_ros.nodes.params import (command_qos, declare, declare_observation_params,
                                          latched_qos, observation_params, reliable_qos)
+from energyflow_ros.nodes.runner import init_without_signal_handlers
 from energyflow_ros.nodes.worker import PlanningWorker
 from energyflow_ros.runtime.chunk_queue import ChunkQueue, Plan
 from energyflow_ros.runtime.safety import JointCommandFilter, JointLimits
@@ -434,16 +433,10 @@ class PolicyNode(AutostartMixin, LifecycleNode):
                                                level, message, values))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(args: list[str] | None = None) -> None:
     """Spin the policy node; on Ctrl-C or SIGTERM hold the arm, then shut down cleanly."""
     # rclpy's own handlers would invalidate the context before the final hold is published
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    init_without_signal_handlers(args)
     node = PolicyNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)

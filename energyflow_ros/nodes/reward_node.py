@@ -34,8 +34,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Float64, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
@@ -47,6 +45,7 @@ from energyflow_ros.nodes.model_loader import ConfigError, declare_provider_para
 from energyflow_ros.nodes.observers import ObservationInputs
 from energyflow_ros.nodes.params import (declare, declare_observation_params,
                                          observation_params, reliable_qos)
+from energyflow_ros.nodes.runner import spin_until_interrupted
 from energyflow_ros.runtime.onnx_model import check_joints, JointMismatchError
 from energyflow_ros.runtime.reward import EnergyReward
 
@@ -255,16 +254,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Spin the reward node until shutdown."""
-    rclpy.init(args=args)
-    node = RewardNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Spin the reward node until Ctrl-C / SIGTERM."""
+    spin_until_interrupted(RewardNode, args)
 
 
 if __name__ == '__main__':

@@ -28,8 +28,6 @@ from typing import Any
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Empty, Float64MultiArray, String
@@ -38,6 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from energyflow_ros.nodes.messages import (array_values, make_joint_state, make_pose_stamped,
                                            stamp_to_sec, trajectory_by_name)
 from energyflow_ros.nodes.params import command_qos, declare, latched_qos, reliable_qos
+from energyflow_ros.nodes.runner import spin_until_interrupted
 from energyflow_ros.sim.base import Task
 from energyflow_ros.sim.registry import make_task, task_names
 
@@ -285,21 +284,12 @@ def latched_qos_depth(depth: int = 100) -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the simulated robot until shutdown."""
-    rclpy.init(args=args)
-    node = None
+    """Run the simulated robot until Ctrl-C / SIGTERM; a bad parameter exits with code 2."""
     try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_interrupted(SimNode, args)
     except ValueError as exc:
         print(f'sim_node: {exc}', file=sys.stderr)
         raise SystemExit(2) from exc
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
 
 
 if __name__ == '__main__':

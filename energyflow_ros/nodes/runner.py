@@ -1,0 +1,46 @@
+"""Spin a node until Ctrl-C or SIGTERM, then clean up while the ROS context is still valid.
+
+With rclpy's own signal handlers the context is shut down inside the signal handler, so a
+timer callback that is already running can publish into a dead context and end the process
+with an error instead of a clean exit. Here SIGINT/SIGTERM raise KeyboardInterrupt in the main
+thread instead; the context stays valid until the node has been destroyed.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.signals import SignalHandlerOptions
+
+__all__ = ['init_without_signal_handlers', 'spin_until_interrupted']
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def init_without_signal_handlers(args: list[str] | None) -> None:
+    """rclpy.init, with SIGINT and SIGTERM raising KeyboardInterrupt (no rclpy handlers)."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def spin_until_interrupted(make_node: Callable[[], Any], args: list[str] | None = None) -> None:
+    """Build the node with ``make_node`` and spin it until interrupted, then destroy it."""
+    init_without_signal_handlers(args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
