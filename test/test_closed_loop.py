@@ -10,9 +10,10 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 
 import pytest
+
+from test.ros_helpers import domain_id, ros_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(REPO, 'models', 'obstacles2d_energyflow.onnx')
@@ -21,8 +22,7 @@ MODEL = os.path.join(REPO, 'models', 'obstacles2d_energyflow.onnx')
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp('closed_loop')
-    env = dict(os.environ, ROS_DOMAIN_ID=str(10 + (os.getpid() + zlib.crc32(b'loop')) % 200),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    env = ros_env(domain_id(__name__))
     proc = subprocess.run(
         [sys.executable, '-m', 'energyflow_ros.cli.closed_loop', '--episodes', '3',
          '--control-rate', '50', '--out', str(out), '--timeout', '150'],

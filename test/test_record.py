@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -19,13 +18,13 @@ import yaml
 
 from energyflow_ros.data.dataset import DemoSet
 from energyflow_ros.data.rosbag import read_rosbag
+from test.ros_helpers import domain_id, ros_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _record(tmp_path, storage: str, episodes: int = 2) -> dict:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(10 + (os.getpid() + zlib.crc32(
-        storage.encode())) % 200), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    env = ros_env(domain_id(f'{__name__}.{storage}'))
     out = tmp_path / storage
     proc = subprocess.run(
         [sys.executable, '-m', 'energyflow_ros.cli.record', '--task', 'obstacles2d',

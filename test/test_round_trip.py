@@ -11,13 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 
 from energyflow_ros.training.data_source import DataConfig, load_demos
 from energyflow_ros.training.trainer import load_train_config, train
+from test.ros_helpers import domain_id, ros_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,8 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def recording(tmp_path_factory):
     out = tmp_path_factory.mktemp('round_trip')
-    env = dict(os.environ, ROS_DOMAIN_ID=str(10 + (os.getpid() + zlib.crc32(b'trip')) % 200),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    env = ros_env(domain_id(__name__))
     proc = subprocess.run(
         [sys.executable, '-m', 'energyflow_ros.cli.record', '--task', 'obstacles2d',
          '--episodes', '30', '--seed', '100', '--time-scale', '5', '--out', str(out),

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +26,10 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 
+from energyflow_ros.cli.node_process import start_node, stop_nodes
 from energyflow_ros.nodes.params import latched_qos, reliable_qos
 
-__all__ = ['package_file', 'start_node', 'LoopMonitor', 'run_closed_loop', 'main']
+__all__ = ['package_file', 'LoopMonitor', 'run_closed_loop', 'main']
 
 DEFAULT_MODEL = 'obstacles2d_energyflow.onnx'
 TOPICS = {'episodes': '/task/episodes', 'status': '/task/status', 'joints': '/joint_states',
@@ -51,19 +51,6 @@ def package_file(folder: str, name: str) -> str:
         return os.path.join(get_package_share_directory('energyflow_ros'), folder, name)
     except (ImportError, LookupError):
         return source
-
-
-def start_node(name: str, params_file: str, overrides: dict[str, Any],
-               log_dir: str) -> subprocess.Popen:
-    """Run ``energyflow_ros.nodes.<name>`` in its own process; output goes to
-    ``<log_dir>/<name>.log``."""
-    cmd = [sys.executable, '-m', f'energyflow_ros.nodes.{name}', '--ros-args',
-           '--params-file', params_file]
-    for key, value in overrides.items():
-        cmd += ['-p', f'{key}:={value}']
-    log = open(os.path.join(log_dir, f'{name}.log'), 'w', encoding='utf-8')
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 class LoopMonitor(Node):
@@ -144,18 +131,18 @@ def run_closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         monitor = LoopMonitor()
         executor = SingleThreadedExecutor()
         executor.add_node(monitor)
-        procs.append(start_node('policy_node', args.config, {
-            **overrides, 'control_rate_hz': float(args.control_rate)}, args.out))
+        procs.append(start_node('policy_node', {
+            **overrides, 'control_rate_hz': float(args.control_rate)}, args.out, args.config))
         if args.reward:
-            procs.append(start_node('reward_node', args.config, overrides, args.out))
+            procs.append(start_node('reward_node', overrides, args.out, args.config))
         deadline = time.monotonic() + args.timeout
         # the robot starts once the policy is active (model loaded and warmed up), so the
         # first episode is driven, and watched, from its first step
         while monitor.policy_diag.get('state') != 'active' and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
             _check_alive(procs, args.out)
-        procs.append(start_node('sim_node', args.sim_config, {
-            'episodes': args.episodes, 'seed': args.seed}, args.out))
+        procs.append(start_node('sim_node', {'episodes': args.episodes, 'seed': args.seed},
+                                args.out, args.sim_config))
         while len(monitor.episodes) < args.episodes and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
             _check_alive(procs, args.out)
@@ -164,7 +151,7 @@ def run_closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         report = _report(monitor, args)
     finally:
         rclpy.try_shutdown()
-        _stop(procs)
+        stop_nodes(procs)
     _plot(monitor, report, os.path.join(args.out, 'closed_loop.png'))
     with open(os.path.join(args.out, 'closed_loop.json'), 'w', encoding='utf-8') as handle:
         json.dump(report, handle, indent=2)
@@ -177,17 +164,6 @@ def _check_alive(procs: list[subprocess.Popen], log_dir: str) -> None:
             name = proc.args[2].rsplit('.', 1)[-1]
             raise RuntimeError(f'{name} exited with code {proc.returncode}; see '
                                f'{os.path.join(log_dir, name + ".log")}')
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _float(diag: dict[str, str], key: str) -> float | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Int32, String
 import yaml
 
+from energyflow_ros.cli.node_process import start_node, stop_nodes
 from energyflow_ros.data.bag_writer import BagRecorder, STORAGES
 from energyflow_ros.data.dataset import DemoSet
 from energyflow_ros.data.rosbag import pose_field_values, read_rosbag
@@ -158,21 +158,14 @@ class ExpertDriver(Node):
                        meta={'task': info.name, 'control_hz': info.control_hz})
 
 
-def _start_sim(args: argparse.Namespace) -> subprocess.Popen:
-    params = {'task': args.task, 'seed': args.seed, 'episodes': args.episodes,
-              'reset_pause_s': 0.3, 'time_scale': args.time_scale}
-    cmd = [sys.executable, '-m', 'energyflow_ros.nodes.sim_node', '--ros-args']
-    for key, value in params.items():
-        cmd += ['-p', f'{key}:={value}']
-    return subprocess.Popen(cmd)
-
-
 def record(args: argparse.Namespace) -> dict[str, Any]:
     """Record ``args.episodes`` expert episodes; returns the paths and the read-back check."""
     os.makedirs(args.out, exist_ok=True)
     bag_path = os.path.join(args.out, f'bag_{args.storage}')
     recorder = BagRecorder(bag_path, args.storage)
-    sim = None if args.no_sim else _start_sim(args)
+    sim = None if args.no_sim else start_node('sim_node', {
+        'task': args.task, 'seed': args.seed, 'episodes': args.episodes, 'reset_pause_s': 0.3,
+        'time_scale': args.time_scale})
     rclpy.init()
     try:
         driver = ExpertDriver(args.task, recorder)
@@ -188,8 +181,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         rclpy.try_shutdown()
         if sim is not None:
-            sim.terminate()
-            sim.wait(10)
+            stop_nodes([sim])
     return _write_outputs(args, recorder, demos)
 
 

@@ -8,10 +8,9 @@ onnxruntime.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from energyflow_ros.lazy import lazy_exports
 
-_EXPORTS = {
+lazy_exports(globals(), {
     'model_format': ['ModelFormatError', 'ModelMetadata'],
     'onnx_model': ['check_joints', 'JointMismatchError', 'load_model', 'ModelLoadError',
                    'ModelMetadataError', 'ModelNotFoundError', 'ModelVersionError',
@@ -19,17 +18,4 @@ _EXPORTS = {
     'planner': ['BatchPlan', 'ChunkPlanner', 'Plan'],
     'providers': ['ProviderConfig', 'ProviderConfigError'],
     'reward': ['EnergyReward'],
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    module = importlib.import_module(f'{__name__}.{_MODULE_OF[name]}')
-    return getattr(module, name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+})
