@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from energyflow_ros.core.reward import centered_reward
+from energyflow_ros.core.reward import centered_reward, soft_value_reward
 from energyflow_ros.export.onnx_export import export_method
 from energyflow_ros.runtime import EnergyReward, load_model
 from test.export_fixtures import (
@@ -40,6 +40,28 @@ def test_matches_the_torch_centred_reward(tiny):
     singles = [reward(history[i], chunks[i]) for i in range(5)]
     assert all(isinstance(r, float) for r in singles)
     np.testing.assert_allclose(singles, got, rtol=1e-6, atol=1e-6)
+
+
+def test_soft_value_variant_matches_the_torch_soft_value_reward(tiny):
+    path, method = tiny['energyflow']
+    reward = EnergyReward(load_model(path), variant='soft_value')
+    meta = reward.model.metadata
+    obs_norm, act_norm = normalizers()
+    rng = np.random.default_rng(1)
+    history = rng.normal(size=(4, 2, 3))
+    chunks = rng.normal(size=(4, 4, 2))
+    got = reward(history, chunks)
+    obs = torch.tensor(obs_norm.normalize(history.reshape(4, -1)), dtype=torch.float32)
+    act = torch.tensor(act_norm.normalize(chunks), dtype=torch.float32)
+    ref = torch.tensor(meta.reward_reference, dtype=torch.float32)
+    log_q = torch.distributions.Normal(0.0, 1.0).log_prob(ref).flatten(1).sum(1)
+    want = soft_value_reward(method.energy, obs, act, meta.reward_sigma,
+                             ref.expand(4, *ref.shape), log_q.expand(4, -1))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-3)
+    centred = EnergyReward(reward.model)(history, chunks)
+    assert not np.allclose(got, centred)  # a different offset per observation
+    with pytest.raises(ValueError, match="reward variant 'max' is unknown"):
+        EnergyReward(reward.model, variant='max')
 
 
 def test_trained_energy_rewards_the_demonstrated_chunk(tmp_path):

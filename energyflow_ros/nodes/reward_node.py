@@ -8,14 +8,16 @@ during the tick after observation ``t``). The reward of ``t`` is therefore publi
 ``H * period`` after ``t`` (0.8 s for H = 8 at 10 Hz), once per model control period, with
 ``t``'s stamp on the stamped variant.
 
-Formula (EnergyFlow's centred reward, :class:`~energyflow_ros.runtime.reward.EnergyReward`):
-``r = -[E(o, a) - mean_m E(o, ref_m)]`` at the model's ``reward_sigma``.
+Formula (:class:`~energyflow_ros.runtime.reward.EnergyReward`), at the model's
+``reward_sigma``: with ``reward_variant`` ``centered`` (default, EnergyFlow's centred reward)
+``r = -[E(o, a) - mean_m E(o, ref_m)]``; with ``soft_value``
+``r = -E(o, a) - log mean_m exp(-E(o, ref_m) - log q(ref_m))`` (an estimate of log pi(a|o)).
 
 Topics:
     ``/energyflow/reward`` (std_msgs/Float64): r.
     ``/energyflow/reward_stamped`` (geometry_msgs/PointStamped): ``header.stamp`` = the
         observation's stamp, ``point.x`` = r, ``point.y`` = E of the executed chunk,
-        ``point.z`` = the mean reference energy (so x = z - y). PointStamped is the standard
+        ``point.z`` = the mean reference energy (so x = z - y for ``centered``). PointStamped is the standard
         header-carrying message with three float64 fields: it records, plots and bags with
         every stock tool, and needs no custom message package (this is an ament_python
         package).
@@ -47,7 +49,7 @@ from energyflow_ros.nodes.params import (declare, declare_observation_params,
                                          observation_params, reliable_qos)
 from energyflow_ros.nodes.runner import spin_until_interrupted
 from energyflow_ros.runtime.onnx_model import check_joints, JointMismatchError
-from energyflow_ros.runtime.reward import EnergyReward
+from energyflow_ros.runtime.reward import EnergyReward, reward_from_energies
 
 __all__ = ['RewardNode', 'main']
 
@@ -74,6 +76,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
             'reward_topic': d(self, 'reward_topic', '/energyflow/reward', 'Float64 reward'),
             'stamped_reward_topic': d(self, 'stamped_reward_topic',
                                       '/energyflow/reward_stamped', 'PointStamped reward'),
+            'reward_variant': d(self, 'reward_variant', 'centered',
+                                "'centered' or 'soft_value' (runtime/reward.py)"),
             'max_command_gap_s': d(self, 'max_command_gap_s', 0.5, 'a chunk step with no '
                                    'command this recent is not scored', (0.0, 60.0)),
         }
@@ -106,7 +110,7 @@ class RewardNode(AutostartMixin, LifecycleNode):
         self.joint_names = tuple(self.p['joint_names']) or meta.joint_names
         try:
             check_joints(meta, self.joint_names, self.p['model_path'])
-            self.reward = EnergyReward(model)
+            self.reward = EnergyReward(model, self.p['reward_variant'])
         except (JointMismatchError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
         if self.p['command_interface'] not in ('forward', 'trajectory'):
@@ -232,7 +236,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
         z_act = (chunk - np.asarray(meta.action_mean)) / np.asarray(meta.action_std)
         energy, ref = self.reward.energies(z_obs[None], z_act[None])
         e, e_ref = float(energy[0]), float(np.mean(ref[0].astype(np.float64)))
-        reward = -(e - e_ref)
+        reward = float(reward_from_energies(energy, ref, self.reward.reference,
+                                            self.reward.variant)[0])
         self.reward_pub.publish(Float64(data=reward))
         msg = PointStamped()
         msg.header.stamp = sec_to_stamp(t_obs)

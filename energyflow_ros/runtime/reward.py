@@ -1,10 +1,16 @@
-"""The centred reward from an exported energy graph (EnergyFlow's ``CenteredReward``).
+"""Rewards from an exported energy graph (EnergyFlow's ``CenteredReward`` and a soft value).
 
-``r(o, a) = -[E(o, a, sigma_r) - (1/M) sum_m E(o, ref_m, sigma_r)]`` with the M fixed reference
-chunks and ``sigma_r`` stored in the model's metadata (``reward_reference``, ``reward_sigma``).
+``centered``: ``r(o, a) = -[E(o, a, sigma_r) - (1/M) sum_m E(o, ref_m, sigma_r)]`` with the M
+fixed reference chunks and ``sigma_r`` stored in the model's metadata (``reward_reference``,
+``reward_sigma``); same formula as :func:`energyflow_ros.core.reward.centered_reward`.
+
+``soft_value``: ``r(o, a) = -E(o, a) - log (1/M) sum_m exp(-E(o, ref_m) - log q(ref_m))``, the
+reference chunks read as samples of their proposal q = N(0, I) (normalised units, which is how
+they were drawn), so the subtracted term is an importance-sampled soft value log Z(o) and r
+estimates log pi(a | o); same formula as :func:`energyflow_ros.core.reward.soft_value_reward`.
+
 The chunk and its references go through the energy graph in one call: candidates
-(B, 1 + M, H, A) per observation. Same formula as
-:func:`energyflow_ros.core.reward.centered_reward`.
+(B, 1 + M, H, A) per observation.
 """
 
 from __future__ import annotations
@@ -13,24 +19,60 @@ import numpy as np
 
 from energyflow_ros.runtime.onnx_model import OnnxModel
 
-__all__ = ['EnergyReward']
+__all__ = ['EnergyReward', 'REWARD_VARIANTS', 'reward_from_energies']
+
+REWARD_VARIANTS = ('centered', 'soft_value')
+
+
+def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray,
+                         variant: str = 'centered') -> np.ndarray:
+    """Rewards from chunk and reference energies.
+
+    Args:
+        e: (B,) energies of the scored chunks.
+        e_ref: (B, M) energies of the reference chunks under the same observations.
+        reference: (M, H, A) the normalised reference chunks (for their N(0, I) log-density).
+        variant: ``centered`` or ``soft_value`` (module doc).
+
+    Returns:
+        (B,) float64 rewards; higher is better.
+    """
+    e, e_ref = np.asarray(e, dtype=np.float64), np.asarray(e_ref, dtype=np.float64)
+    if variant == 'centered':
+        return -(e - e_ref.mean(axis=1))
+    if variant != 'soft_value':
+        raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
+                         f'{list(REWARD_VARIANTS)}')
+    flat = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    log_q = -0.5 * (flat ** 2).sum(axis=1) - 0.5 * flat.shape[1] * np.log(2 * np.pi)
+    logits = -e_ref - log_q[None]
+    peak = logits.max(axis=1, keepdims=True)
+    value = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+             - np.log(logits.shape[1]))
+    return -e - value
 
 
 class EnergyReward:
-    """Centred rewards of raw (observation history, action chunk) pairs.
+    """Rewards of raw (observation history, action chunk) pairs.
 
     Attributes:
         model: a loaded model with its ``energy`` graph.
         sigma: the noise scale the energy is evaluated at.
         reference: (M, H, A) normalised reference chunks.
+        variant: ``centered`` or ``soft_value`` (module doc).
     """
 
-    def __init__(self, model: OnnxModel) -> None:
+    def __init__(self, model: OnnxModel, variant: str = 'centered') -> None:
         """Use ``model``'s energy graph.
 
         Raises:
-            ValueError: the model has no energy graph or no reward reference chunks.
+            ValueError: the model has no energy graph or no reward reference chunks, or the
+                variant is unknown.
         """
+        if variant not in REWARD_VARIANTS:
+            raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
+                             f'{list(REWARD_VARIANTS)}')
+        self.variant = variant
         meta = model.metadata
         if not model.has('energy'):
             raise ValueError(f'{model.path}: the {meta.method!r} model has no loaded energy '
@@ -95,5 +137,5 @@ class EnergyReward:
             raise ValueError('observations or actions have non-finite values')
         e, e_ref = self.energies((obs - self._obs_mean) / self._obs_std,
                                  (act - self._act_mean) / self._act_std)
-        reward = -(e.astype(np.float64) - e_ref.astype(np.float64).mean(axis=1))
+        reward = reward_from_energies(e, e_ref, self.reference, self.variant)
         return float(reward[0]) if single else reward
