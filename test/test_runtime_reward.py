@@ -89,3 +89,21 @@ def test_models_without_an_energy_and_bad_inputs_are_refused(tiny):
         reward(np.zeros((2, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match='non-finite'):
         reward(np.zeros((2, 3)), np.full((4, 2), np.inf))
+
+
+def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp_path):
+    method, obs_norm, act_norm, meta = trained_energyflow()
+    path = os.path.join(str(tmp_path), 'linear.onnx')
+    export_method(method, obs_norm, act_norm, meta, path, n_steps=4)
+    model = load_model(path)
+    reward = EnergyReward(model, variant='policy_value', seed=0)
+    obs, chunks = linear_task(n=20, seed=4)
+    good = reward(obs.reshape(20, 2, 1), chunks)
+    off = reward(obs.reshape(20, 2, 1), chunks + np.array([0.0, 1.0]))
+    assert np.all(good > off)
+    assert np.median(good) > np.median(off) + 1.0
+    z_obs = reward._planner.normalize_obs(obs.reshape(20, 2, 1), batched=True)
+    e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
+    assert e_ref.shape == (20, model.metadata.sampler.n_particles)
+    with pytest.raises(ValueError, match='needs the loaded gradient sampler graph'):
+        EnergyReward(load_model(path, graphs=['energy']), variant='policy_value')

@@ -11,7 +11,9 @@ during the tick after observation ``t``). The reward of ``t`` is therefore publi
 Formula (:class:`~energyflow_ros.runtime.reward.EnergyReward`), at the model's
 ``reward_sigma``: with ``reward_variant`` ``centered`` (default, EnergyFlow's centred reward)
 ``r = -[E(o, a) - mean_m E(o, ref_m)]``; with ``soft_value``
-``r = -E(o, a) - log mean_m exp(-E(o, ref_m) - log q(ref_m))`` (an estimate of log pi(a|o)).
+``r = -E(o, a) - log mean_m exp(-E(o, ref_m) - log q(ref_m))`` (an estimate of log pi(a|o));
+with ``policy_value`` the references are the particles the model's own sampler draws for the
+observation (about 0 for a chunk the policy would choose, negative otherwise).
 
 Topics:
     ``/energyflow/reward`` (std_msgs/Float64): r.
@@ -77,7 +79,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
             'stamped_reward_topic': d(self, 'stamped_reward_topic',
                                       '/energyflow/reward_stamped', 'PointStamped reward'),
             'reward_variant': d(self, 'reward_variant', 'centered',
-                                "'centered' or 'soft_value' (runtime/reward.py)"),
+                                "'centered', 'soft_value' or 'policy_value' "
+                                "(runtime/reward.py)"),
             'max_command_gap_s': d(self, 'max_command_gap_s', 0.5, 'a chunk step with no '
                                    'command this recent is not scored', (0.0, 60.0)),
         }

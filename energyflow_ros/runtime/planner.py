@@ -238,6 +238,10 @@ class ChunkPlanner:
             return self._rng.standard_normal((obs.shape[0], 1, h, a), dtype=np.float32)
         return self._cold_init(obs, self.n_particles)
 
+    def particles(self, obs: np.ndarray) -> np.ndarray:
+        """(B, N, H, A) cold-start particles of the sampler for (B, O) normalised observations."""
+        return self._run('sampler', obs, self._initial(obs))['particles']
+
     def plan_batch(self, obs_histories: np.ndarray) -> BatchPlan:
         """Cold-start chunks for B histories (B, n_obs, frame) in one graph call (stateless)."""
         start = time.perf_counter()

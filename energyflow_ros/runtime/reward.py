@@ -9,6 +9,13 @@ reference chunks read as samples of their proposal q = N(0, I) (normalised units
 they were drawn), so the subtracted term is an importance-sampled soft value log Z(o) and r
 estimates log pi(a | o); same formula as :func:`energyflow_ros.core.reward.soft_value_reward`.
 
+``policy_value``: ``r(o, a) = -E(o, a) - log (1/N) sum_n exp(-E(o, p_n))`` with p_n the N
+particles the model's own fused sampler draws for o (the sampler as the proposal, equal
+weights). Fixed N(0, I) references lie far from the data at a small sigma, so their energies
+swing with the observation and dominate the other two variants' offsets; the policy's own
+particles sit at its modes, so this variant is about 0 for a chunk the policy would choose and
+negative otherwise, in every state. It costs one sampler call per scored observation.
+
 The chunk and its references go through the energy graph in one call: candidates
 (B, 1 + M, H, A) per observation.
 """
@@ -18,10 +25,11 @@ from __future__ import annotations
 import numpy as np
 
 from energyflow_ros.runtime.onnx_model import OnnxModel
+from energyflow_ros.runtime.planner import ChunkPlanner
 
 __all__ = ['EnergyReward', 'REWARD_VARIANTS', 'reward_from_energies']
 
-REWARD_VARIANTS = ('centered', 'soft_value')
+REWARD_VARIANTS = ('centered', 'soft_value', 'policy_value')
 
 
 def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray,
@@ -31,8 +39,9 @@ def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray
     Args:
         e: (B,) energies of the scored chunks.
         e_ref: (B, M) energies of the reference chunks under the same observations.
-        reference: (M, H, A) the normalised reference chunks (for their N(0, I) log-density).
-        variant: ``centered`` or ``soft_value`` (module doc).
+        reference: (M, H, A) the normalised reference chunks (for their N(0, I) log-density);
+            unused by ``policy_value``, whose references are equally weighted samples.
+        variant: one of :data:`REWARD_VARIANTS` (module doc).
 
     Returns:
         (B,) float64 rewards; higher is better.
@@ -40,12 +49,14 @@ def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray
     e, e_ref = np.asarray(e, dtype=np.float64), np.asarray(e_ref, dtype=np.float64)
     if variant == 'centered':
         return -(e - e_ref.mean(axis=1))
-    if variant != 'soft_value':
+    if variant not in REWARD_VARIANTS:
         raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
                          f'{list(REWARD_VARIANTS)}')
-    flat = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-    log_q = -0.5 * (flat ** 2).sum(axis=1) - 0.5 * flat.shape[1] * np.log(2 * np.pi)
-    logits = -e_ref - log_q[None]
+    logits = -e_ref
+    if variant == 'soft_value':
+        flat = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+        log_q = -0.5 * (flat ** 2).sum(axis=1) - 0.5 * flat.shape[1] * np.log(2 * np.pi)
+        logits = logits - log_q[None]
     peak = logits.max(axis=1, keepdims=True)
     value = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
              - np.log(logits.shape[1]))
@@ -59,15 +70,22 @@ class EnergyReward:
         model: a loaded model with its ``energy`` graph.
         sigma: the noise scale the energy is evaluated at.
         reference: (M, H, A) normalised reference chunks.
-        variant: ``centered`` or ``soft_value`` (module doc).
+        variant: one of :data:`REWARD_VARIANTS` (module doc).
     """
 
-    def __init__(self, model: OnnxModel, variant: str = 'centered') -> None:
-        """Use ``model``'s energy graph.
+    def __init__(self, model: OnnxModel, variant: str = 'centered',
+                 sigma: float | None = None, seed: int = 0) -> None:
+        """Use ``model``'s energy graph (and its sampler for ``policy_value``).
+
+        Args:
+            model: the loaded model.
+            variant: one of :data:`REWARD_VARIANTS`.
+            sigma: noise scale of the energy (default: the metadata's ``reward_sigma``).
+            seed: seed of the sampler's noise (``policy_value``).
 
         Raises:
-            ValueError: the model has no energy graph or no reward reference chunks, or the
-                variant is unknown.
+            ValueError: the model has no energy graph or no reward reference chunks, the
+                variant is unknown, or ``policy_value`` without a gradient sampler graph.
         """
         if variant not in REWARD_VARIANTS:
             raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
@@ -83,7 +101,14 @@ class EnergyReward:
             raise ValueError(f'{model.path}: metadata reward_reference has shape '
                              f'{self.reference.shape}, expected (M, {meta.horizon}, '
                              f'{meta.action_dim})')
-        self.model, self.sigma = model, float(meta.reward_sigma)
+        self.model = model
+        self.sigma = float(meta.reward_sigma if sigma is None else sigma)
+        self._planner = None
+        if variant == 'policy_value':
+            if meta.sampler.kind != 'gradient' or not model.has('sampler'):
+                raise ValueError(f'{model.path}: the policy_value reward needs the loaded '
+                                 'gradient sampler graph')
+            self._planner = ChunkPlanner(model, seed=seed, warm_start=False)
         self._obs_mean = np.asarray(meta.obs_mean)
         self._obs_std = np.asarray(meta.obs_std)
         self._act_mean = np.asarray(meta.action_mean)
@@ -97,10 +122,15 @@ class EnergyReward:
             actions: (B, H, A) normalised chunks.
 
         Returns:
-            (B,) chunk energies and (B, M) reference energies.
+            (B,) chunk energies and (B, M) reference energies (``policy_value``: M = N
+            sampled particles).
         """
         b = obs.shape[0]
-        refs = np.broadcast_to(self.reference, (b, *self.reference.shape))
+        if self._planner is None:
+            refs = np.broadcast_to(self.reference, (b, *self.reference.shape))
+        else:
+            obs = obs.astype(np.float32)
+            refs = self._planner.particles(obs)
         cands = np.concatenate([actions[:, None].astype(np.float32), refs], axis=1)
         out = self.model.run('energy', {'obs': obs.astype(np.float32), 'actions': cands,
                                         'sigma': np.array([self.sigma], dtype=np.float32)})
