@@ -105,5 +105,3 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     z_obs = reward._planner.normalize_obs(obs.reshape(20, 2, 1), batched=True)
     e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
     assert e_ref.shape == (20, model.metadata.sampler.n_particles)
-    with pytest.raises(ValueError, match='needs the loaded gradient sampler graph'):
-        EnergyReward(load_model(path, graphs=['energy']), variant='policy_value')
