@@ -10,14 +10,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: venv demo test density-demo model eval eval-smoke bench-latency bench-ros-loop \
-	colcon-build clean
+.PHONY: venv demo test density-demo model eval eval-smoke reward-eval reward-eval-smoke \
+	bench-latency bench-ros-loop colcon-build clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 demo: venv
@@ -45,6 +46,13 @@ eval: venv
 
 eval-smoke: venv
 	$(PY) -m energyflow_ros.cli.evaluate --smoke $(ARGS)
+
+# The reward checks and downstream RL (benchmarks/results/reward.md/json); hours on a CPU.
+reward-eval: venv
+	$(PY) -m energyflow_ros.cli.reward_eval $(ARGS)
+
+reward-eval-smoke: venv
+	$(PY) -m energyflow_ros.cli.reward_eval --smoke --out outputs/reward_smoke $(ARGS)
 
 bench-latency: venv
 	$(PY) benchmarks/latency.py $(ARGS)

@@ -31,6 +31,7 @@ ENTRY_POINTS = {
     'energyflow-export': 'energyflow_ros.cli.export:main',
     'evaluate': 'energyflow_ros.cli.evaluate:main',
     'energyflow-eval': 'energyflow_ros.cli.evaluate:main',
+    'energyflow-reward-eval': 'energyflow_ros.cli.reward_eval:main',
     'record': 'energyflow_ros.cli.record:main',
     'energyflow-record': 'energyflow_ros.cli.record:main',
     # the 2-D density comparison of the energy objectives

@@ -1,0 +1,1 @@
+"""Reward extraction checks and downstream RL on the benchmark tasks (torch, gymnasium, SB3)."""

@@ -1,0 +1,205 @@
+"""Downstream RL on a chunk environment with four reward sources, at equal environment steps.
+
+- ``true``: SAC (stable-baselines3) on the task's hand-written reward.
+- ``energyflow``: SAC on the reward extracted from an exported EnergyFlow model
+  (:class:`~energyflow_ros.runtime.reward.EnergyReward`), divided by its spread on the
+  demonstrations so SAC sees rewards of order one.
+- ``gail`` / ``airl``: the ``imitation`` package's GAIL and AIRL on the same demonstrations,
+  with SAC as the generator, so only the reward differs between the four.
+
+Every agent is scored on the task's own success, with deterministic actions, on evaluation
+episodes whose seeds never overlap the demonstrations'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from energyflow_ros.rl.chunk_env import ChunkEnv, ChunkEnvConfig, ChunkReward
+from energyflow_ros.rl.rollouts import chunk_pairs, expert_policy, tick_rollout
+from energyflow_ros.runtime.reward import EnergyReward
+from energyflow_ros.sim.registry import make_task
+
+__all__ = ['REWARD_SOURCES', 'SACConfig', 'RLResult', 'scaled_energy_reward', 'train_agent',
+           'evaluate_agent']
+
+REWARD_SOURCES = ('true', 'energyflow', 'gail', 'airl')
+EVAL_SEED = 900_000      # evaluation episodes
+TRAIN_SEED = 700_000     # training episodes (demonstrations use seeds from 0)
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC settings shared by every reward source.
+
+    Attributes:
+        net: hidden layer sizes of actor and critics.
+        batch_size: minibatch size.
+        learning_starts: random-action steps before learning.
+        train_freq: environment steps between updates.
+        gradient_steps: updates per ``train_freq`` steps.
+        lr: Adam learning rate.
+    """
+
+    net: tuple[int, ...] = (128, 128)
+    batch_size: int = 256
+    learning_starts: int = 500
+    train_freq: int = 2
+    gradient_steps: int = 1
+    lr: float = 3e-4
+
+
+@dataclass
+class RLResult:
+    """One trained agent's evaluation.
+
+    Attributes:
+        source: reward source.
+        seed: training seed.
+        env_steps: environment (chunk) steps trained.
+        success: fraction of evaluation episodes that reached the goal.
+        progress: mean final true progress.
+        collision: obstacles2d: fraction of episodes that touched an obstacle.
+        train_s: wall time of training.
+    """
+
+    source: str
+    seed: int
+    env_steps: int
+    success: float
+    progress: float
+    collision: float
+    train_s: float
+
+
+def scaled_energy_reward(model_path: str, config: ChunkEnvConfig, variant: str,
+                         n_demo_episodes: int = 10) -> ChunkReward:
+    """The extracted reward of one (history, chunk), divided by its spread on expert data.
+
+    The spread (standard deviation) is measured on the chunks of ``n_demo_episodes`` expert
+    rollouts, so rewards are of order one whatever the model's energy scale.
+    """
+    from energyflow_ros.runtime import load_model
+
+    reward = EnergyReward(load_model(model_path), variant=variant)
+    task = make_task(config.task, **config.task_kwargs)
+    n_ticks = config.n_chunks * config.executed_steps
+    scores = []
+    try:
+        for seed in range(TRAIN_SEED - n_demo_episodes, TRAIN_SEED):
+            run = tick_rollout(task, expert_policy(task, seed), seed, n_ticks)
+            hist, chunks, _ = chunk_pairs(run, config.n_obs, config.horizon,
+                                          config.executed_steps)
+            scores.append(reward(hist, chunks))
+    finally:
+        task.close()
+    spread = max(float(np.std(np.concatenate(scores))), 1e-6)
+
+    def scaled(history: np.ndarray, chunk: np.ndarray) -> float:
+        return float(np.clip(reward(history, chunk) / spread, -10.0, 10.0))
+
+    return scaled
+
+
+def _sac(env: Any, sac: SACConfig, seed: int) -> Any:
+    from stable_baselines3 import SAC
+
+    return SAC('MlpPolicy', env, seed=seed, verbose=0, learning_rate=sac.lr,
+               batch_size=sac.batch_size, learning_starts=sac.learning_starts,
+               train_freq=sac.train_freq, gradient_steps=sac.gradient_steps,
+               policy_kwargs={'net_arch': list(sac.net)})
+
+
+def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.ndarray]],
+                 steps: int, sac: SACConfig, seed: int) -> Any:
+    """GAIL or AIRL (imitation) with a SAC generator; returns the generator."""
+    from imitation.algorithms.adversarial.airl import AIRL
+    from imitation.algorithms.adversarial.gail import GAIL
+    from imitation.data.types import Trajectory
+    from imitation.rewards.reward_nets import BasicRewardNet, BasicShapedRewardNet
+    from imitation.util import logger as imitation_logger
+    from imitation.util.networks import RunningNorm
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: ChunkEnv(config, seed=TRAIN_SEED + 100_000 * seed)])
+    venv.seed(seed)
+    trajectories = [Trajectory(obs=d['obs'], acts=d['acts'], infos=None, terminal=True)
+                    for d in demos]
+    learner = _sac(venv, sac, seed)
+    if kind == 'gail':
+        net = BasicRewardNet(venv.observation_space, venv.action_space,
+                             normalize_input_layer=RunningNorm)
+        algo = GAIL
+    else:
+        net = BasicShapedRewardNet(venv.observation_space, venv.action_space,
+                                   normalize_input_layer=RunningNorm)
+        algo = AIRL
+    round_steps = max(config.n_chunks * 4, 16)
+    trainer = algo(demonstrations=trajectories, demo_batch_size=min(256, sum(
+        len(t.acts) for t in trajectories)), gen_replay_buffer_capacity=4 * round_steps,
+        n_disc_updates_per_round=4, venv=venv, gen_algo=learner, reward_net=net,
+        gen_train_timesteps=round_steps, allow_variable_horizon=False,
+        init_tensorboard=False, custom_logger=imitation_logger.configure(format_strs=[]))
+    trainer.train(steps)
+    return learner
+
+
+def train_agent(source: str, config: ChunkEnvConfig, steps: int, seed: int,
+                sac: SACConfig | None = None, reward: ChunkReward | None = None,
+                demos: list[dict[str, np.ndarray]] | None = None) -> tuple[Any, float]:
+    """Train one agent; returns the SB3 model and the training wall time.
+
+    Args:
+        source: one of :data:`REWARD_SOURCES`.
+        config: the chunk environment.
+        steps: environment steps.
+        seed: training seed (network initialisation, exploration, episode seeds).
+        sac: SAC settings.
+        reward: the extracted reward (``energyflow``).
+        demos: expert trajectories in the environment's spaces (``gail``, ``airl``).
+    """
+    sac = sac or SACConfig()
+    torch.manual_seed(seed)
+    logging.getLogger('imitation').setLevel(logging.WARNING)
+    start = time.perf_counter()
+    if source in ('true', 'energyflow'):
+        if source == 'energyflow' and reward is None:
+            raise ValueError('the energyflow source needs the extracted reward')
+        env = ChunkEnv(config, reward=reward if source == 'energyflow' else None,
+                       seed=TRAIN_SEED + 100_000 * seed)
+        model = _sac(env, sac, seed)
+        model.learn(steps)
+    elif source in ('gail', 'airl'):
+        if not demos:
+            raise ValueError(f'the {source} source needs demonstrations')
+        model = _adversarial(source, config, demos, steps, sac, seed)
+    else:
+        raise ValueError(f'reward source {source!r} is unknown; expected one of '
+                         f'{list(REWARD_SOURCES)}')
+    return model, time.perf_counter() - start
+
+
+def evaluate_agent(model: Any, config: ChunkEnvConfig, episodes: int) -> dict[str, float]:
+    """Deterministic rollouts on evaluation seeds: success, final progress, collision."""
+    env = ChunkEnv(config, seed=EVAL_SEED)
+    success, progress, collision = [], [], []
+    try:
+        for _ in range(episodes):
+            obs, _ = env.reset()
+            info: dict[str, Any] = {}
+            for _ in range(config.n_chunks):
+                action, _ = model.predict(obs, deterministic=True)
+                obs, _, _, _, info = env.step(action)
+            success.append(info['success'])
+            progress.append(info['progress'])
+            collision.append(info['collision'])
+    finally:
+        env.close()
+    return {'success': float(np.mean(success)), 'progress': float(np.mean(progress)),
+            'collision': float(np.mean(collision))}

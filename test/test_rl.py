@@ -1,0 +1,106 @@
+"""Reward extraction checks and downstream RL: chunk environment, rollouts, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from energyflow_ros.cli import reward_eval
+from energyflow_ros.rl.chunk_env import (
+    ChunkEnv, ChunkEnvConfig, chunk_scale, decode_chunk, encode_chunk,
+)
+from energyflow_ros.rl.reward_checks import check_reward
+from energyflow_ros.rl.rollouts import expert_trajectories
+from energyflow_ros.runtime import EnergyReward, load_model
+from energyflow_ros.sim.demos import collect_demos
+
+MODEL = os.path.join(os.path.dirname(__file__), '..', 'models', 'obstacles2d_energyflow.onnx')
+
+
+@pytest.fixture(scope='module')
+def config():
+    demos = collect_demos('obstacles2d', 10, seed=0)
+    scale = chunk_scale(demos, 2, 8)
+    return ChunkEnvConfig('obstacles2d', {}, 2, 8, 4, 60, tuple(scale))
+
+
+def test_chunks_encode_and_decode_exactly_within_the_scale():
+    rng = np.random.default_rng(0)
+    anchor, scale = rng.uniform(size=4), np.array([0.04, 0.03])
+    u = rng.uniform(-1, 1, size=16)
+    chunk = decode_chunk(u, anchor, scale)
+    assert chunk.shape == (8, 2)
+    np.testing.assert_allclose(encode_chunk(chunk, anchor, scale), u, atol=1e-6)
+    # Out-of-range agent outputs are clipped, not extrapolated.
+    np.testing.assert_allclose(decode_chunk(np.full(16, 5.0), anchor, scale)[0],
+                               anchor[:2] + scale)
+
+
+def test_replaying_expert_trajectories_reproduces_them(config):
+    trajectories = expert_trajectories(config, [1000, 1001, 1002])
+    assert len(trajectories) == 3
+    env = ChunkEnv(config)
+    for seed, traj in zip((1000, 1001, 1002), trajectories):
+        obs, _ = env.reset(seed=seed)
+        np.testing.assert_allclose(obs, traj['obs'][0], atol=1e-6)
+        total, truncated = 0.0, False
+        for step, action in enumerate(traj['acts']):
+            obs, reward, terminated, truncated, info = env.step(action)
+            assert not terminated
+            total += reward
+            np.testing.assert_allclose(obs, traj['obs'][step + 1], atol=1e-5)
+        assert truncated and info['success'] and not info['collision']
+        assert total == pytest.approx(info['progress'], abs=1e-9)
+    env.close()
+
+
+def test_environment_rejects_a_scale_of_the_wrong_size(config):
+    with pytest.raises(ValueError, match='scale has 3 values for 2 action dims'):
+        ChunkEnv(ChunkEnvConfig('obstacles2d', {}, 2, 8, 4, 60, (0.1, 0.1, 0.1)))
+    with pytest.raises(ValueError, match='executed_steps = 9 is invalid'):
+        ChunkEnvConfig('obstacles2d', {}, 2, 8, 9, 60, (0.1, 0.1))
+
+
+def test_shipped_reward_ranks_the_expert_above_perturbed_chunks(config):
+    model = load_model(MODEL)
+    reward = EnergyReward(model, variant='policy_value')
+    result = check_reward(config, reward, np.asarray(model.metadata.action_std),
+                          list(range(500_000, 500_003)), list(range(600_000, 600_003)))
+    assert result.expert_outranks_pct >= 90.0
+    fam = result.families
+    assert fam['expert']['mean_reward'] > fam['expert+noise0.08']['mean_reward']
+    assert fam['expert']['mean_reward'] > fam['random_walk']['mean_reward']
+    assert -1.0 <= result.spearman <= 1.0 and result.n_rollouts == 3 * len(fam)
+
+
+def test_smoke_run_writes_every_record(tmp_path, capsys):
+    out = str(tmp_path)
+    assert reward_eval.main(['--smoke', '--tasks', 'obstacles2d', '--out', out]) == 0
+    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+        result = json.load(handle)
+    assert [r['reward_variant'] for r in result['checks']] == ['centered', 'soft_value',
+                                                               'policy_value']
+    for record in result['checks']:
+        assert {'task', 'spearman', 'expert_outranks_pct'} <= set(record)
+    assert [r['reward_source'] for r in result['rl']] == ['true', 'energyflow', 'gail', 'airl']
+    for record in result['rl']:
+        assert {'task', 'reward_source', 'seeds', 'env_steps', 'success_mean',
+                'success_std'} <= set(record)
+        assert record['env_steps'] == 120
+    text = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
+    assert '| obstacles2d | airl | 120 |' in text
+
+
+def test_bad_arguments_give_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reward_eval.main(['--sources', 'true,ppo'])
+    assert "unknown source(s) ['ppo']" in capsys.readouterr().err
+    missing = str(tmp_path / 'none.onnx')
+    code = reward_eval.main(['--smoke', '--model', f'obstacles2d={missing}', '--out',
+                             str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('energyflow-reward-eval: error:') and 'none.onnx' in err
