@@ -48,6 +48,9 @@ from energyflow_ros.sim.demos import collect_demos  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
 TASK_TICKS = {'obstacles2d': 60, 'pusht': 300}   # fixed episode length of the RL environment
+# Velocity segments per chunk in the RL action (chunk_env.py): obstacles2d's expert walks
+# straight legs, one velocity per 0.8 s chunk; Push-T's turns within a 1.6 s chunk.
+TASK_KNOTS = {'obstacles2d': 1, 'pusht': 2}
 DEFAULT_MODELS = {'obstacles2d': 'models/obstacles2d_energyflow.onnx',
                   'pusht': 'outputs/reward_models/pusht_energyflow/model.onnx'}
 
@@ -105,7 +108,7 @@ def env_config(task: str, model_path: str, n_demos: int) -> ChunkEnvConfig:
     demos = collect_demos(task, n_demos, seed=0)
     scale = chunk_scale(demos, meta.n_obs, meta.horizon)
     return ChunkEnvConfig(task, {}, meta.n_obs, meta.horizon, meta.executed_steps,
-                          TASK_TICKS[task], tuple(float(s) for s in scale))
+                          TASK_TICKS[task], tuple(float(s) for s in scale), TASK_KNOTS[task])
 
 
 def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: int

@@ -3,10 +3,13 @@
 The energy models score (observation history, action chunk) pairs, so reinforcement learning
 on their reward acts at the same granularity: one environment step is one chunk, of which the
 first ``executed_steps`` actions are applied to the task, as the policy node does. The agent
-outputs ``u`` in [-1, 1]^(H x A); the chunk it stands for is a path from the robot's current
-position (the task's first A observation values), ``chunk_t = anchor + sum_{s<=t} u_s * scale``,
-with ``scale`` chosen from the demonstrations so that every expert chunk is representable
-(:func:`chunk_scale`). Episodes have a fixed length (``max_ticks``, no early termination):
+outputs ``u`` in [-1, 1]^(K x A): a velocity per segment of the chunk, the H ticks split into
+K equal segments (``knots``); the chunk it stands for is a path from the robot's current
+position (the task's first A observation values), ``chunk_t = anchor + sum_{s<=t} v_s * scale``
+with v_s the velocity of tick s's segment and ``scale`` chosen from the demonstrations so that
+every expert step is representable (:func:`chunk_scale`). K = H can express any chunk; a small
+K (one or two velocities per chunk) gives the agent a low-dimensional action, and expert
+chunks are then represented by their per-segment mean velocity. Episodes have a fixed length (``max_ticks``, no early termination):
 ending an episode at success would tell a learned reward's agent when it did well, which it
 must learn from the reward alone (the ``seals`` convention for imitation benchmarks).
 """
@@ -45,6 +48,8 @@ class ChunkEnvConfig:
         executed_steps: actions applied per environment step.
         max_ticks: fixed episode length in task ticks (rounded up to whole chunks).
         scale: (A,) largest per-tick move one unit of ``u`` stands for (raw action units).
+        knots: velocity segments per chunk (must divide ``horizon``); the action has
+            ``knots * A`` values.
     """
 
     task: str
@@ -54,8 +59,14 @@ class ChunkEnvConfig:
     executed_steps: int
     max_ticks: int
     scale: tuple[float, ...]
+    knots: int = 0
 
     def __post_init__(self) -> None:
+        if self.knots == 0:
+            object.__setattr__(self, 'knots', self.horizon)
+        if self.knots < 1 or self.horizon % self.knots:
+            raise ValueError(f'ChunkEnvConfig.knots = {self.knots} is invalid: expected a '
+                             f'divisor of horizon ({self.horizon})')
         if not 1 <= self.executed_steps <= self.horizon:
             raise ValueError(f'ChunkEnvConfig.executed_steps = {self.executed_steps} is '
                              f'invalid: expected 1 .. horizon ({self.horizon})')
@@ -85,19 +96,27 @@ def chunk_scale(demos: DemoSet, n_obs: int, horizon: int, margin: float = 1.25) 
     return margin * np.maximum(np.abs(steps).max(axis=(0, 1)), 1e-6)
 
 
-def decode_chunk(u: np.ndarray, anchor: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(H, A) raw chunk from the agent's (H * A,) or (H, A) output u in [-1, 1]."""
+def decode_chunk(u: np.ndarray, anchor: np.ndarray, scale: np.ndarray,
+                 horizon: int | None = None) -> np.ndarray:
+    """(H, A) raw chunk from the agent's (K * A,) output u in [-1, 1] (K velocity segments).
+
+    ``horizon`` defaults to K (one velocity per tick).
+    """
     scale = np.asarray(scale, dtype=np.float64)
-    steps = np.clip(np.asarray(u, dtype=np.float64).reshape(-1, scale.size), -1.0, 1.0)
+    knots = np.clip(np.asarray(u, dtype=np.float64).reshape(-1, scale.size), -1.0, 1.0)
+    steps = np.repeat(knots, (horizon or len(knots)) // len(knots), axis=0)
     return np.asarray(anchor, dtype=np.float64)[: scale.size] + np.cumsum(steps * scale, axis=0)
 
 
-def encode_chunk(chunk: np.ndarray, anchor: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`decode_chunk` (clipped to [-1, 1]): (H * A,) float32."""
+def encode_chunk(chunk: np.ndarray, anchor: np.ndarray, scale: np.ndarray,
+                 knots: int | None = None) -> np.ndarray:
+    """(K * A,) float32 action for a raw (H, A) chunk: each segment's mean velocity, clipped to
+    [-1, 1]; with K = H (the default) the exact inverse of :func:`decode_chunk`."""
     scale = np.asarray(scale, dtype=np.float64)
     start = np.asarray(anchor, dtype=np.float64)[None, : scale.size]
     steps = np.diff(np.concatenate([start, np.asarray(chunk, dtype=np.float64)]), axis=0)
-    return np.clip(steps / scale, -1.0, 1.0).reshape(-1).astype(np.float32)
+    segments = steps.reshape(knots or len(steps), -1, scale.size).mean(axis=1)
+    return np.clip(segments / scale, -1.0, 1.0).reshape(-1).astype(np.float32)
 
 
 def progress(task: Task, start: np.ndarray) -> float:
@@ -154,7 +173,7 @@ class ChunkEnv(gymnasium.Env):
         self.observation_space = gymnasium.spaces.Box(
             -np.inf, np.inf, (config.n_obs * info.obs_dim,), np.float32)
         self.action_space = gymnasium.spaces.Box(
-            -1.0, 1.0, (config.horizon * info.action_dim,), np.float32)
+            -1.0, 1.0, (config.knots * info.action_dim,), np.float32)
         self._next_seed = int(seed)
         self._history: deque[np.ndarray] = deque(maxlen=config.n_obs)
         self._start = np.zeros(info.obs_dim)
@@ -184,7 +203,7 @@ class ChunkEnv(gymnasium.Env):
         """Apply the first ``executed_steps`` actions of the chunk ``action`` stands for."""
         before_hist = self.history()
         frame = self._history[-1]
-        chunk = decode_chunk(action, frame, self.scale)
+        chunk = decode_chunk(action, frame, self.scale, self.config.horizon)
         collided = False
         for target in chunk[: self.config.executed_steps]:
             result = self.task.step(target)

@@ -186,6 +186,10 @@ def expert_trajectories(config: ChunkEnvConfig, seeds: list[int],
                         only_success: bool = True) -> list[dict[str, np.ndarray]]:
     """The scripted expert's episodes in the chunk environment's observation/action spaces.
 
+    With fewer knots than the horizon an expert chunk is represented by its mean velocities
+    (:func:`~energyflow_ros.rl.chunk_env.encode_chunk`), so the observations are the expert's
+    own and replaying the actions follows them only approximately.
+
     Returns:
         One dict per kept episode: ``obs`` (C + 1, n_obs * D) float32 and ``acts`` (C, H * A)
         float32 encoded with the config's scale, as ``imitation``'s trajectories expect.
@@ -202,7 +206,8 @@ def expert_trajectories(config: ChunkEnvConfig, seeds: list[int],
             hist, chunks, starts = chunk_pairs(run, config.n_obs, config.horizon,
                                                config.executed_steps)
             frame = run.obs.shape[1]
-            acts = np.stack([encode_chunk(c, h[-frame:], scale) for h, c in zip(hist, chunks)])
+            acts = np.stack([encode_chunk(c, h[-frame:], scale, config.knots)
+                             for h, c in zip(hist, chunks)])
             last = np.clip(n_ticks + np.arange(-config.n_obs + 1, 1), 0, n_ticks)
             obs = np.concatenate([hist, run.obs[last].reshape(1, -1)])
             episodes.append({'obs': obs.astype(np.float32), 'acts': acts})
