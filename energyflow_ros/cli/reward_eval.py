@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from energyflow_ros.rl.chunk_env import ChunkEnvConfig, chunk_scale  # noqa: E402
-from energyflow_ros.rl.reward_checks import check_reward  # noqa: E402
+from energyflow_ros.rl.reward_checks import check_rewards  # noqa: E402
 from energyflow_ros.rl.rollouts import expert_trajectories  # noqa: E402
 from energyflow_ros.rl.train import (  # noqa: E402
     evaluate_agent, REWARD_SOURCES, SACConfig, scaled_energy_reward, train_agent,
@@ -116,12 +116,12 @@ def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: i
     """The reward checks for every variant: one record each."""
     model = load_model(model_path)
     action_std = np.asarray(model.metadata.action_std)
+    rewards = {v: EnergyReward(model, variant=v) for v in REWARD_VARIANTS}
+    results = check_rewards(config, rewards, action_std,
+                            list(range(500_000, 500_000 + n_rollouts)),
+                            list(range(600_000, 600_000 + n_rollouts)))
     records = []
-    for variant in REWARD_VARIANTS:
-        reward = EnergyReward(model, variant=variant)
-        result = check_reward(config, reward, action_std,
-                              list(range(500_000, 500_000 + n_rollouts)),
-                              list(range(600_000, 600_000 + n_rollouts)))
+    for variant, result in results.items():
         record = {'task': task, 'reward_variant': variant, 'spearman': result.spearman,
                   **dataclasses.asdict(result)}
         print(f'  {task:<12} {variant:<13} Spearman(progress) {result.spearman:+.3f}  '
@@ -163,15 +163,19 @@ def run_rl(task: str, model_path: str, config: ChunkEnvConfig, args: argparse.Na
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    s = result['settings']
     lines = ['# Extracted reward: checks and downstream RL', '',
-             f"Produced by `{PROG}` ({s['mode']}) on {s['machine']}, torch {s['torch']}. "
-             f"RL: SAC on the `{s['rl_variant']}` reward, {s['env_steps']} chunk steps, "
-             f"seeds {s['seeds']}, {s['eval_episodes']} evaluation episodes per seed.", '',
-             '## Reward checks', '',
-             '| task | variant | Spearman (progress) | Spearman (return) | expert outranks % '
-             '| by noise scale (% wins) | rollouts | pairs |',
-             '|---|---|---|---|---|---|---|---|']
+             f'Produced by `{PROG}`; one line of settings per task run:', '']
+    for task, s in result['settings'].items():
+        rl = (f"RL: SAC on the `{s['rl_variant']}` reward, {s['env_steps']} chunk steps, "
+              f"seeds {s['seeds']}, {s['eval_episodes']} evaluation episodes per seed, "
+              f"{s['demo_episodes']} demonstrations" if s['rl'] else 'RL: not run')
+        lines.append(f"- {task} ({s['mode']}): model `{s['model']}`, "
+                     f"{s['check_rollouts']} rollouts per policy family; {rl}; "
+                     f"{s['machine']}, torch {s['torch']}.")
+    lines += ['', '## Reward checks', '',
+              '| task | variant | Spearman (progress) | Spearman (return) | expert outranks % '
+              '| by noise scale (% wins) | rollouts | pairs |',
+              '|---|---|---|---|---|---|---|---|']
     for r in result['checks']:
         scales = ', '.join(f'{k}: {v:.1f}' for k, v in r['outranks_by_scale'].items())
         lines.append(f"| {r['task']} | {r['reward_variant']} | {r['spearman']:+.3f} | "
@@ -189,11 +193,27 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def write_results(result: dict[str, Any], out: str) -> None:
-    """Write ``reward.json`` and ``reward.md`` to ``out`` (each atomically)."""
+    """Merge ``result`` into ``<out>/reward.json`` and rewrite ``reward.md`` (atomically).
+
+    Records of the tasks in ``result`` replace earlier ones; other tasks' records are kept, so
+    tasks can be run by separate commands into the same folder.
+    """
     os.makedirs(out, exist_ok=True)
-    for name, text in (('reward.json', json.dumps(result, indent=2) + '\n'),
-                       ('reward.md', _markdown(result))):
-        tmp = os.path.join(out, f'.{name}.tmp')
+    path = os.path.join(out, 'reward.json')
+    merged: dict[str, Any] = {'settings': {}, 'checks': [], 'rl': []}
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as handle:
+            old = json.load(handle)
+        if isinstance(old.get('settings'), dict) and all(
+                isinstance(v, dict) for v in old['settings'].values()):
+            merged = old
+    tasks = set(result['settings'])
+    merged['settings'].update(result['settings'])
+    for key in ('checks', 'rl'):
+        merged[key] = [r for r in merged.get(key, []) if r['task'] not in tasks] + result[key]
+    for name, text in (('reward.json', json.dumps(merged, indent=2) + '\n'),
+                       ('reward.md', _markdown(merged))):
+        tmp = os.path.join(out, f'.{name}.{os.getpid()}.tmp')
         with open(tmp, 'w', encoding='utf-8') as handle:
             handle.write(text)
         os.replace(tmp, os.path.join(out, name))
@@ -203,22 +223,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the checks (and RL), print a line per record, write the results."""
     args = _parse(argv)
     torch.set_num_threads(1)
-    settings = {'mode': 'smoke' if args.smoke else 'full', 'tasks': args.tasks,
-                'models': {t: args.models[t] for t in args.tasks}, 'rl_variant': args.rl_variant,
-                'seeds': list(range(args.seeds)), 'env_steps': args.env_steps,
-                'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
-                'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
-                'torch': torch.__version__}
-    result: dict[str, Any] = {'settings': settings, 'checks': [], 'rl': []}
-    print(f'{PROG}: tasks {args.tasks} ({settings["mode"]})', flush=True)
+    common = {'mode': 'smoke' if args.smoke else 'full', 'rl_variant': args.rl_variant,
+              'seeds': list(range(args.seeds)), 'env_steps': args.env_steps,
+              'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
+              'check_rollouts': args.check_rollouts,
+              'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+              'torch': torch.__version__}
+    print(f'{PROG}: tasks {args.tasks} ({common["mode"]})', flush=True)
     try:
         for task in args.tasks:
             path = args.models[task]
+            result: dict[str, Any] = {'settings': {task: {**common, 'model': path,
+                                                          'rl': task in args.rl_tasks}},
+                                      'checks': [], 'rl': []}
             config = env_config(task, path, args.demo_episodes)
-            result['checks'] += run_checks(task, path, config, args.check_rollouts)
-            if task in args.rl_tasks:
-                result['rl'] += run_rl(task, path, config, args)
+            result['checks'] = run_checks(task, path, config, args.check_rollouts)
             write_results(result, args.out)
+            if task in args.rl_tasks:
+                result['rl'] = run_rl(task, path, config, args)
+                write_results(result, args.out)
     except (ModelLoadError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

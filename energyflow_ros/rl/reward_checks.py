@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -29,7 +29,7 @@ from energyflow_ros.rl.rollouts import (
 from energyflow_ros.sim.base import Policy, Task
 from energyflow_ros.sim.registry import make_task
 
-__all__ = ['BatchReward', 'RewardCheck', 'policy_families', 'check_reward']
+__all__ = ['BatchReward', 'RewardCheck', 'policy_families', 'check_reward', 'check_rewards']
 
 # (histories (B, n_obs * D), chunks (B, H, A)) raw -> (B,) rewards.
 BatchReward = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -77,35 +77,45 @@ def policy_families(task: Task) -> dict[str, Callable[[int], Policy]]:
     return families
 
 
-def _correlation(task: Task, config: ChunkEnvConfig, reward: BatchReward, seeds: list[int]
-                 ) -> tuple[float, float, dict[str, dict[str, float]], int]:
+def _correlation(task: Task, config: ChunkEnvConfig, rewards: dict[str, BatchReward],
+                 seeds: list[int]) -> dict[str, tuple[float, float, dict[str, Any]]]:
+    """Per reward: Spearman with progress, with return, and per-family means."""
     n_ticks = config.n_chunks * config.executed_steps
-    progress, returns, scores, families = [], [], [], {}
-    for name, make in policy_families(task).items():
-        fam_progress, fam_returns, fam_scores = [], [], []
+    progress, returns = [], []
+    scores: dict[str, list[float]] = {name: [] for name in rewards}
+    family_of: list[str] = []
+    for family, make in policy_families(task).items():
         for seed in seeds:
             run = tick_rollout(task, make(seed), seed, n_ticks)
             hist, chunks, _ = chunk_pairs(run, config.n_obs, config.horizon,
                                           config.executed_steps)
-            fam_scores.append(float(np.mean(reward(hist, chunks))))
-            fam_returns.append(rollout_return(task.info.name, run, config.executed_steps))
-            fam_progress.append(rollout_progress(task.info.name, run))
-        families[name] = {'rollouts': len(seeds), 'progress': float(np.mean(fam_progress)),
-                          'true_return': float(np.mean(fam_returns)),
-                          'mean_reward': float(np.mean(fam_scores))}
-        progress += fam_progress
-        returns += fam_returns
-        scores += fam_scores
-    rho = spearmanr(scores, progress).statistic
-    rho_return = spearmanr(scores, returns).statistic
-    return float(rho), float(rho_return), families, len(scores)
+            for name, reward in rewards.items():
+                scores[name].append(float(np.mean(reward(hist, chunks))))
+            returns.append(rollout_return(task.info.name, run, config.executed_steps))
+            progress.append(rollout_progress(task.info.name, run))
+            family_of.append(family)
+    fams = np.array(family_of)
+    out = {}
+    for name, values in scores.items():
+        v = np.array(values)
+        families = {f: {'rollouts': int(np.sum(fams == f)),
+                        'progress': float(np.mean(np.array(progress)[fams == f])),
+                        'true_return': float(np.mean(np.array(returns)[fams == f])),
+                        'mean_reward': float(np.mean(v[fams == f]))}
+                    for f in dict.fromkeys(family_of)}
+        out[name] = (float(spearmanr(v, progress).statistic),
+                     float(spearmanr(v, returns).statistic), families)
+    return out
 
 
-def _outranking(task: Task, config: ChunkEnvConfig, reward: BatchReward, seeds: list[int],
-                action_std: np.ndarray) -> tuple[dict[str, float], int]:
+def _outranking(task: Task, config: ChunkEnvConfig, rewards: dict[str, BatchReward],
+                seeds: list[int], action_std: np.ndarray
+                ) -> dict[str, tuple[dict[str, float], int]]:
+    """Per reward: % wins of the expert chunk per noise scale, and the comparisons made."""
     n_ticks = config.n_chunks * config.executed_steps
     rng = np.random.default_rng(0)
-    wins: dict[str, list[np.ndarray]] = {f'{s:g}': [] for s in PERTURB_SCALES}
+    wins: dict[str, dict[str, list[np.ndarray]]] = {
+        name: {f'{s:g}': [] for s in PERTURB_SCALES} for name in rewards}
     for seed in seeds:
         run = tick_rollout(task, expert_policy(task, seed), seed, n_ticks)
         # Score only the chunks before the goal is reached: afterwards the expert idles.
@@ -114,32 +124,49 @@ def _outranking(task: Task, config: ChunkEnvConfig, reward: BatchReward, seeds: 
                                            config.executed_steps)
         keep = np.isin(starts, moving) if len(moving) else np.ones(len(starts), bool)
         hist, chunks = hist[keep], chunks[keep]
-        expert = reward(hist, chunks)
-        for scale in PERTURB_SCALES:
-            noisy = chunks + rng.normal(size=chunks.shape) * scale * action_std
-            wins[f'{scale:g}'].append(expert > reward(hist, noisy))
-    by_scale = {k: 100.0 * float(np.mean(np.concatenate(v))) for k, v in wins.items()}
-    return by_scale, sum(len(np.concatenate(v)) for v in wins.values())
+        noisy = {f'{s:g}': chunks + rng.normal(size=chunks.shape) * s * action_std
+                 for s in PERTURB_SCALES}
+        for name, reward in rewards.items():
+            expert = reward(hist, chunks)
+            for scale, perturbed in noisy.items():
+                wins[name][scale].append(expert > reward(hist, perturbed))
+    out = {}
+    for name, by_scale in wins.items():
+        pct = {k: 100.0 * float(np.mean(np.concatenate(v))) for k, v in by_scale.items()}
+        out[name] = (pct, sum(len(np.concatenate(v)) for v in by_scale.values()))
+    return out
 
 
-def check_reward(config: ChunkEnvConfig, reward: BatchReward, action_std: np.ndarray,
-                 correlation_seeds: list[int], outrank_seeds: list[int]) -> RewardCheck:
-    """Run both checks (module doc) of ``reward`` on ``config``'s task.
+def check_rewards(config: ChunkEnvConfig, rewards: dict[str, BatchReward],
+                  action_std: np.ndarray, correlation_seeds: list[int],
+                  outrank_seeds: list[int]) -> dict[str, RewardCheck]:
+    """Run both checks (module doc) of every reward on ``config``'s task, on the same rollouts.
 
     Args:
         config: the chunk environment the rollouts are cut for.
-        reward: batched reward of raw (history, chunk) pairs.
+        rewards: name -> batched reward of raw (history, chunk) pairs.
         action_std: (A,) the demonstrations' per-dimension action standard deviation.
         correlation_seeds: episode seeds of every policy family.
         outrank_seeds: episode seeds of the expert rollouts whose states are perturbed.
     """
     task = make_task(config.task, **config.task_kwargs)
     try:
-        rho, rho_return, families, n_rollouts = _correlation(task, config, reward,
-                                                             correlation_seeds)
-        by_scale, n_pairs = _outranking(task, config, reward, outrank_seeds,
-                                        np.asarray(action_std))
+        corr = _correlation(task, config, rewards, correlation_seeds)
+        ranks = _outranking(task, config, rewards, outrank_seeds, np.asarray(action_std))
     finally:
         task.close()
-    overall = float(np.mean(list(by_scale.values())))
-    return RewardCheck(rho, rho_return, overall, by_scale, families, n_rollouts, n_pairs)
+    results = {}
+    for name in rewards:
+        rho, rho_return, families = corr[name]
+        by_scale, n_pairs = ranks[name]
+        n_rollouts = sum(f['rollouts'] for f in families.values())
+        results[name] = RewardCheck(rho, rho_return, float(np.mean(list(by_scale.values()))),
+                                    by_scale, families, n_rollouts, n_pairs)
+    return results
+
+
+def check_reward(config: ChunkEnvConfig, reward: BatchReward, action_std: np.ndarray,
+                 correlation_seeds: list[int], outrank_seeds: list[int]) -> RewardCheck:
+    """:func:`check_rewards` for a single reward."""
+    return check_rewards(config, {'reward': reward}, action_std, correlation_seeds,
+                         outrank_seeds)['reward']
