@@ -10,8 +10,9 @@ with v_s the velocity of tick s's segment and ``scale`` chosen from the demonstr
 every expert step is representable (:func:`chunk_scale`). K = H can express any chunk; a small
 K (one or two velocities per chunk) gives the agent a low-dimensional action, and expert
 chunks are then represented by their per-segment mean velocity. Episodes have a fixed length
-(``max_ticks``, no early termination): ending an episode at success would tell a learned reward's agent when it did well, which it
-must learn from the reward alone (the ``seals`` convention for imitation benchmarks).
+(``max_ticks``, no early termination): ending an episode at success would tell a learned
+reward's agent when it did well, which it must learn from the reward alone (the ``seals``
+convention for imitation benchmarks).
 """
 
 from __future__ import annotations
