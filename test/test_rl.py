@@ -81,8 +81,9 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
     assert reward_eval.main(['--smoke', '--tasks', 'obstacles2d', '--out', out]) == 0
     with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
         result = json.load(handle)
-    assert [r['reward_variant'] for r in result['checks']] == ['centered', 'soft_value',
-                                                               'policy_value']
+    variants = ['centered', 'soft_value', 'policy_value']
+    assert [r['reward_variant'] for r in result['checks']] == variants * 2
+    assert [r['sigma_name'] for r in result['checks']] == ['min'] * 3 + ['rank'] * 3
     for record in result['checks']:
         assert {'task', 'spearman', 'expert_outranks_pct'} <= set(record)
     assert [r['reward_source'] for r in result['rl']] == ['true', 'energyflow', 'gail', 'airl']

@@ -63,6 +63,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f'exported EnergyFlow model per task (defaults: {DEFAULT_MODELS})')
     parser.add_argument('--rl-variant', default='policy_value', choices=REWARD_VARIANTS,
                         help='reward variant SAC is trained on')
+    parser.add_argument('--sigmas', default='min,rank',
+                        help="noise scales the checks evaluate the energy at: 'min' (the "
+                             "model's reward_sigma, sigma_min), 'rank' (the sampler's ranking "
+                             'sigma) or numbers')
+    parser.add_argument('--rl-sigma', default='rank', help='noise scale of the RL reward')
     parser.add_argument('--seeds', type=int, default=3, help='RL seeds per reward source')
     parser.add_argument('--env-steps', type=int, default=20000,
                         help='environment (chunk) steps per RL run')
@@ -111,20 +116,37 @@ def env_config(task: str, model_path: str, n_demos: int) -> ChunkEnvConfig:
                           TASK_TICKS[task], tuple(float(s) for s in scale), TASK_KNOTS[task])
 
 
-def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: int
-               ) -> list[dict[str, Any]]:
-    """The reward checks for every variant: one record each."""
+def resolve_sigma(name: str, model_path: str) -> float:
+    """'min' -> the model's reward_sigma, 'rank' -> its sampler's rank_sigma, else a number."""
+    meta = load_model(model_path, graphs=['energy'], warm_up=False).metadata
+    if name == 'min':
+        return float(meta.reward_sigma)
+    if name == 'rank':
+        return float(meta.sampler.rank_sigma)
+    try:
+        return float(name)
+    except ValueError:
+        raise ValueError(f"sigma {name!r}: expected 'min', 'rank' or a number") from None
+
+
+def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: int,
+               sigmas: list[str]) -> list[dict[str, Any]]:
+    """The reward checks for every variant and noise scale: one record each."""
     model = load_model(model_path)
     action_std = np.asarray(model.metadata.action_std)
-    rewards = {v: EnergyReward(model, variant=v) for v in REWARD_VARIANTS}
+    keys = [(v, name, resolve_sigma(name, model_path)) for name in sigmas
+            for v in REWARD_VARIANTS]
+    rewards = {f'{v}@{name}': EnergyReward(model, variant=v, sigma=sigma)
+               for v, name, sigma in keys}
     results = check_rewards(config, rewards, action_std,
                             list(range(500_000, 500_000 + n_rollouts)),
                             list(range(600_000, 600_000 + n_rollouts)))
     records = []
-    for variant, result in results.items():
-        record = {'task': task, 'reward_variant': variant, 'spearman': result.spearman,
-                  **dataclasses.asdict(result)}
-        print(f'  {task:<12} {variant:<13} Spearman(progress) {result.spearman:+.3f}  '
+    for (variant, name, sigma), result in zip(keys, results.values()):
+        record = {'task': task, 'reward_variant': variant, 'sigma_name': name, 'sigma': sigma,
+                  'spearman': result.spearman, **dataclasses.asdict(result)}
+        print(f'  {task:<12} {variant:<13} sigma {name}={sigma:g}  '
+              f'Spearman(progress) {result.spearman:+.3f}  '
               f'Spearman(return) {result.spearman_return:+.3f}  expert outranks '
               f'{result.expert_outranks_pct:.1f} %  ({result.n_rollouts} rollouts, '
               f'{result.n_pairs} pairs)', flush=True)
@@ -138,6 +160,7 @@ def run_rl(task: str, model_path: str, config: ChunkEnvConfig, args: argparse.Na
     sac = SACConfig(learning_starts=50) if args.smoke else SACConfig()
     demos = expert_trajectories(config, list(range(args.demo_episodes)))
     reward = scaled_energy_reward(model_path, config, args.rl_variant,
+                                  resolve_sigma(args.rl_sigma, model_path),
                                   2 if args.smoke else 10)
     records = []
     for source in args.sources:
@@ -166,19 +189,21 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = ['# Extracted reward: checks and downstream RL', '',
              f'Produced by `{PROG}`; one line of settings per task run:', '']
     for task, s in result['settings'].items():
-        rl = (f"RL: SAC on the `{s['rl_variant']}` reward, {s['env_steps']} chunk steps, "
+        rl = (f"RL: SAC on the `{s['rl_variant']}` reward at sigma {s['rl_sigma']}, "
+              f"{s['env_steps']} chunk steps, "
               f"seeds {s['seeds']}, {s['eval_episodes']} evaluation episodes per seed, "
               f"{s['demo_episodes']} demonstrations" if s['rl'] else 'RL: not run')
         lines.append(f"- {task} ({s['mode']}): model `{s['model']}`, "
                      f"{s['check_rollouts']} rollouts per policy family; {rl}; "
                      f"{s['machine']}, torch {s['torch']}.")
     lines += ['', '## Reward checks', '',
-              '| task | variant | Spearman (progress) | Spearman (return) | expert outranks % '
-              '| by noise scale (% wins) | rollouts | pairs |',
-              '|---|---|---|---|---|---|---|---|']
+              '| task | variant | sigma | Spearman (progress) | Spearman (return) | '
+              'expert outranks % | by noise scale (% wins) | rollouts | pairs |',
+              '|---|---|---|---|---|---|---|---|---|']
     for r in result['checks']:
         scales = ', '.join(f'{k}: {v:.1f}' for k, v in r['outranks_by_scale'].items())
-        lines.append(f"| {r['task']} | {r['reward_variant']} | {r['spearman']:+.3f} | "
+        lines.append(f"| {r['task']} | {r['reward_variant']} | {r['sigma_name']} = "
+                     f"{r['sigma']:g} | {r['spearman']:+.3f} | "
                      f"{r['spearman_return']:+.3f} | {r['expert_outranks_pct']:.1f} | "
                      f"{scales} | {r['n_rollouts']} | {r['n_pairs']} |")
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
@@ -224,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     torch.set_num_threads(1)
     common = {'mode': 'smoke' if args.smoke else 'full', 'rl_variant': args.rl_variant,
+              'rl_sigma': args.rl_sigma, 'sigmas': args.sigmas,
               'seeds': list(range(args.seeds)), 'env_steps': args.env_steps,
               'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
               'check_rollouts': args.check_rollouts,
@@ -237,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           'rl': task in args.rl_tasks}},
                                       'checks': [], 'rl': []}
             config = env_config(task, path, args.demo_episodes)
-            result['checks'] = run_checks(task, path, config, args.check_rollouts)
+            result['checks'] = run_checks(task, path, config, args.check_rollouts,
+                                          args.sigmas.split(','))
             write_results(result, args.out)
             if task in args.rl_tasks:
                 result['rl'] = run_rl(task, path, config, args)

@@ -81,6 +81,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
             'reward_variant': d(self, 'reward_variant', 'centered',
                                 "'centered', 'soft_value' or 'policy_value' "
                                 "(runtime/reward.py)"),
+            'reward_sigma': d(self, 'reward_sigma', 0.0, 'noise scale of the energy; 0: the '
+                              "model's reward_sigma (sigma_min)", (0.0, 100.0)),
             'max_command_gap_s': d(self, 'max_command_gap_s', 0.5, 'a chunk step with no '
                                    'command this recent is not scored', (0.0, 60.0)),
         }
@@ -113,7 +115,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
         self.joint_names = tuple(self.p['joint_names']) or meta.joint_names
         try:
             check_joints(meta, self.joint_names, self.p['model_path'])
-            self.reward = EnergyReward(model, self.p['reward_variant'])
+            self.reward = EnergyReward(model, self.p['reward_variant'],
+                                       sigma=self.p['reward_sigma'] or None)
         except (JointMismatchError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
         if self.p['command_interface'] not in ('forward', 'trajectory'):

@@ -82,15 +82,16 @@ class RLResult:
 
 
 def scaled_energy_reward(model_path: str, config: ChunkEnvConfig, variant: str,
-                         n_demo_episodes: int = 10) -> ChunkReward:
+                         sigma: float | None = None, n_demo_episodes: int = 10) -> ChunkReward:
     """The extracted reward of one (history, chunk), divided by its spread on expert data.
 
     The spread (standard deviation) is measured on the chunks of ``n_demo_episodes`` expert
-    rollouts, so rewards are of order one whatever the model's energy scale.
+    rollouts, so rewards are of order one whatever the model's energy scale. ``sigma`` is the
+    energy's noise scale (default: the model's ``reward_sigma``).
     """
     from energyflow_ros.runtime import load_model
 
-    reward = EnergyReward(load_model(model_path), variant=variant)
+    reward = EnergyReward(load_model(model_path), variant=variant, sigma=sigma)
     task = make_task(config.task, **config.task_kwargs)
     n_ticks = config.n_chunks * config.executed_steps
     scores = []
