@@ -80,6 +80,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='comma-separated RL reward sources')
     parser.add_argument('--rl-tasks', help='tasks that get the RL part (default: all tasks)')
     parser.add_argument('--no-rl', action='store_true', help='only the reward checks')
+    parser.add_argument('--no-checks', action='store_true', help='only the RL part')
     parser.add_argument('--smoke', action='store_true', help='tiny settings for a CI check')
     parser.add_argument('--out', default='benchmarks/results', help='where results go')
     args = parser.parse_args(argv)
@@ -176,7 +177,9 @@ def run_rl(task: str, model_path: str, config: ChunkEnvConfig, args: argparse.Na
                   'success_std': statistics.pstdev(success),
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
-                  'train_s': statistics.fmean(r['train_s'] for r in runs)}
+                  'train_s': statistics.fmean(r['train_s'] for r in runs),
+                  'rl_variant': args.rl_variant, 'rl_sigma': args.rl_sigma,
+                  'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes}
         print(f"  {task:<12} {source:<11} success {record['success_mean']:.3f} ± "
               f"{record['success_std']:.3f}  progress {record['progress_mean']:.3f}  "
               f"collision {record['collision_mean']:.2f}  train {record['train_s']:.0f} s",
@@ -210,18 +213,27 @@ def _markdown(result: dict[str, Any]) -> str:
               '## Downstream RL', '', '| task | reward source | env steps | success | '
               'final progress | collision | train s |', '|---|---|---|---|---|---|---|']
     for r in result['rl']:
-        lines.append(f"| {r['task']} | {r['reward_source']} | {r['env_steps']} | "
+        source = r['reward_source']
+        if source == 'energyflow':
+            source += f" ({r.get('rl_variant')}, sigma {r.get('rl_sigma')})"
+        lines.append(f"| {r['task']} | {source} | {r['env_steps']} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f} | "
                      f"{r['progress_mean']:.3f} | {r['collision_mean']:.2f} | "
                      f"{r['train_s']:.0f} |")
     return '\n'.join(lines) + '\n'
 
 
+def _order(name: str) -> int:
+    names = [*REWARD_VARIANTS, *REWARD_SOURCES]
+    return names.index(name) if name in names else len(names)
+
+
 def write_results(result: dict[str, Any], out: str) -> None:
     """Merge ``result`` into ``<out>/reward.json`` and rewrite ``reward.md`` (atomically).
 
-    Records of the tasks in ``result`` replace earlier ones; other tasks' records are kept, so
-    tasks can be run by separate commands into the same folder.
+    A record replaces an earlier one with the same task and variant/sigma (checks) or task
+    and reward source (RL); the others are kept, so tasks and sources can be run by separate
+    commands into the same folder. Every RL record carries the settings it was run with.
     """
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, 'reward.json')
@@ -232,10 +244,14 @@ def write_results(result: dict[str, Any], out: str) -> None:
         if isinstance(old.get('settings'), dict) and all(
                 isinstance(v, dict) for v in old['settings'].values()):
             merged = old
-    tasks = set(result['settings'])
     merged['settings'].update(result['settings'])
-    for key in ('checks', 'rl'):
-        merged[key] = [r for r in merged.get(key, []) if r['task'] not in tasks] + result[key]
+    for key, fields in (('checks', ('task', 'reward_variant', 'sigma_name')),
+                        ('rl', ('task', 'reward_source'))):
+        new = {tuple(r.get(f) for f in fields) for r in result[key]}
+        merged[key] = [r for r in merged.get(key, [])
+                       if tuple(r.get(f) for f in fields) not in new] + result[key]
+        merged[key].sort(key=lambda r: (r['task'], r.get('sigma_name', ''),
+                                        _order(r.get('reward_variant') or r['reward_source'])))
     for name, text in (('reward.json', json.dumps(merged, indent=2) + '\n'),
                        ('reward.md', _markdown(merged))):
         tmp = os.path.join(out, f'.{name}.{os.getpid()}.tmp')
@@ -263,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                                                           'rl': task in args.rl_tasks}},
                                       'checks': [], 'rl': []}
             config = env_config(task, path, args.demo_episodes)
-            result['checks'] = run_checks(task, path, config, args.check_rollouts,
-                                          args.sigmas.split(','))
-            write_results(result, args.out)
+            if not args.no_checks:
+                result['checks'] = run_checks(task, path, config, args.check_rollouts,
+                                              args.sigmas.split(','))
+                write_results(result, args.out)
             if task in args.rl_tasks:
                 result['rl'] = run_rl(task, path, config, args)
                 write_results(result, args.out)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from energyflow_ros.rl.chunk_env import ChunkEnv, ChunkEnvConfig, ChunkReward
+from energyflow_ros.rl.chunk_env import ChunkEnv, ChunkEnvConfig, ChunkReward, decode_chunk
 from energyflow_ros.rl.rollouts import chunk_pairs, expert_policy, tick_rollout
 from energyflow_ros.runtime.reward import EnergyReward
 from energyflow_ros.sim.registry import make_task
@@ -83,24 +83,31 @@ class RLResult:
 
 def scaled_energy_reward(model_path: str, config: ChunkEnvConfig, variant: str,
                          sigma: float | None = None, n_demo_episodes: int = 10) -> ChunkReward:
-    """The extracted reward of one (history, chunk), divided by its spread on expert data.
+    """The extracted reward of one (history, chunk), divided by its spread over what SAC sees.
 
-    The spread (standard deviation) is measured on the chunks of ``n_demo_episodes`` expert
-    rollouts, so rewards are of order one whatever the model's energy scale. ``sigma`` is the
-    energy's noise scale (default: the model's ``reward_sigma``).
+    The spread (standard deviation) is measured in the states of ``n_demo_episodes`` expert
+    rollouts over the expert's chunks and chunks of uniformly random agent actions, so a
+    random action scores about -1 and an expert-like one about 0 whatever the model's energy
+    scale. (Scaling by the expert chunks' spread alone put every non-expert chunk two orders
+    of magnitude below, where clipping flattened the reward and SAC learned nothing.)
+    ``sigma`` is the energy's noise scale (default: the model's ``reward_sigma``).
     """
     from energyflow_ros.runtime import load_model
 
     reward = EnergyReward(load_model(model_path), variant=variant, sigma=sigma)
     task = make_task(config.task, **config.task_kwargs)
     n_ticks = config.n_chunks * config.executed_steps
+    rng = np.random.default_rng(0)
     scores = []
     try:
         for seed in range(TRAIN_SEED - n_demo_episodes, TRAIN_SEED):
             run = tick_rollout(task, expert_policy(task, seed), seed, n_ticks)
             hist, chunks, _ = chunk_pairs(run, config.n_obs, config.horizon,
                                           config.executed_steps)
-            scores.append(reward(hist, chunks))
+            frame = run.obs.shape[1]
+            random = np.stack([decode_chunk(rng.uniform(-1, 1, config.knots * len(
+                config.scale)), h[-frame:], config.scale, config.horizon) for h in hist])
+            scores += [reward(hist, chunks), reward(hist, random)]
     finally:
         task.close()
     spread = max(float(np.std(np.concatenate(scores))), 1e-6)
