@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.stamp
 
 .PHONY: venv demo test density-demo model eval eval-smoke reward-eval reward-eval-smoke \
+	reward-model-pusht \
 	bench-latency bench-ros-loop colcon-build clean
 
 venv: $(STAMP)
@@ -50,6 +51,13 @@ eval-smoke: venv
 # The reward checks and downstream RL (benchmarks/results/reward.md/json); hours on a CPU.
 reward-eval: venv
 	$(PY) -m energyflow_ros.cli.reward_eval $(ARGS)
+
+# The CPU-sized Push-T EnergyFlow model the reward checks use by default (MLP, 12k steps,
+# about 20 minutes on 2 cores); writes outputs/reward_models/pusht_energyflow/model.onnx.
+reward-model-pusht: venv
+	$(PY) -m energyflow_ros.cli.trainer --config config/train_pusht.yaml method=energyflow \
+		backbone.kind=mlp optim.steps=12000 optim.lr=1e-3 ema_decay=0.999 eval.every=0 \
+		eval.episodes=20 out_dir=outputs/reward_models/pusht_energyflow progress=false $(ARGS)
 
 reward-eval-smoke: venv
 	$(PY) -m energyflow_ros.cli.reward_eval --smoke --out outputs/reward_smoke $(ARGS)
