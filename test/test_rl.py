@@ -13,7 +13,10 @@ from energyflow_ros.rl.chunk_env import (
     ChunkEnv, ChunkEnvConfig, chunk_scale, decode_chunk, encode_chunk,
 )
 from energyflow_ros.rl.reward_checks import check_reward
-from energyflow_ros.rl.rollouts import expert_trajectories
+from energyflow_ros.rl.chunk_env import GOAL_BONUS
+from energyflow_ros.rl.rollouts import (
+    expert_policy, expert_trajectories, rollout_return, tick_rollout,
+)
 from energyflow_ros.runtime import EnergyReward, load_model
 from energyflow_ros.sim.demos import collect_demos
 
@@ -53,7 +56,9 @@ def test_replaying_expert_trajectories_reproduces_them(config):
             total += reward
             np.testing.assert_allclose(obs, traj['obs'][step + 1], atol=1e-5)
         assert truncated and info['success'] and not info['collision']
-        assert total == pytest.approx(info['progress'], abs=1e-9)
+        run = tick_rollout(env.task, expert_policy(env.task, seed), seed, 60)
+        assert rollout_return('obstacles2d', run, 4) == pytest.approx(total, abs=1e-6)
+        assert total > info['progress'] + GOAL_BONUS  # the bonus of every chunk at the goal
     env.close()
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from energyflow_ros.rl.chunk_env import (ChunkEnvConfig, COLLISION_PENALTY, encode_chunk,
-                                         progress)
+                                         GOAL_BONUS, progress)
 from energyflow_ros.sim.base import Policy, Task
 from energyflow_ros.sim.registry import make_expert, make_task
 from energyflow_ros.sim.rollout import ExpertPolicy
@@ -92,8 +92,11 @@ def rollout_return(task_name: str, rollout: TickRollout, executed_steps: int) ->
     if task_name == 'obstacles2d':
         starts = ends - executed_steps
         hits = [rollout.collided[max(s, 0):e].any() for s, e in zip(starts, ends)]
+        tolerance = make_task(task_name).config.goal_tolerance
+        end_obs = rollout.obs[ends]
+        at_goal = np.linalg.norm(end_obs[:, 2:4] - end_obs[:, :2], axis=1) <= tolerance
         return float(rollout.progress[-1] - rollout.progress[0]
-                     - COLLISION_PENALTY * np.sum(hits))
+                     - COLLISION_PENALTY * np.sum(hits) + GOAL_BONUS * np.sum(at_goal))
     return float(rollout.progress[ends].sum())
 
 
