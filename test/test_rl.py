@@ -104,6 +104,12 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reward_eval.main(['--sources', 'true,ppo'])
     assert "unknown source(s) ['ppo']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reward_eval.main(['--env-steps', '0'])
+    assert '--env-steps = 0: expected a positive integer' in capsys.readouterr().err
+    code = reward_eval.main(['--smoke', '--no-rl', '--sigmas', 'tiny', '--out', str(tmp_path)])
+    assert code == 2
+    assert "sigma 'tiny': expected 'min', 'rank' or a number" in capsys.readouterr().err
     missing = str(tmp_path / 'none.onnx')
     code = reward_eval.main(['--smoke', '--model', f'obstacles2d={missing}', '--out',
                              str(tmp_path)])

@@ -42,7 +42,8 @@ from energyflow_ros.rl.train import (  # noqa: E402
     evaluate_agent, REWARD_SOURCES, SACConfig, scaled_energy_reward, train_agent,
 )
 from energyflow_ros.runtime import EnergyReward, load_model  # noqa: E402
-from energyflow_ros.runtime.onnx_model import ModelLoadError  # noqa: E402
+from energyflow_ros.runtime.model_format import ModelMetadata  # noqa: E402
+from energyflow_ros.runtime.onnx_model import ModelLoadError, OnnxModel  # noqa: E402
 from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
 
@@ -100,26 +101,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         unknown = sorted(set(chosen) - set(allowed))
         if unknown:
             parser.error(f'unknown {label}(s) {unknown}; allowed: {allowed}')
+    for name in ('seeds', 'env_steps', 'eval_episodes', 'demo_episodes', 'check_rollouts'):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected a "
+                         'positive integer')
     if args.smoke:
         args.seeds, args.env_steps, args.eval_episodes = 1, 120, 2
         args.demo_episodes, args.check_rollouts = 5, 2
     return args
 
 
-def env_config(task: str, model_path: str, n_demos: int) -> ChunkEnvConfig:
+def env_config(task: str, model: OnnxModel, n_demos: int) -> ChunkEnvConfig:
     """The chunk environment of ``task`` shaped like the model, its scale from expert demos."""
-    meta = load_model(model_path, graphs=['energy'], warm_up=False).metadata
+    meta = model.metadata
     if meta.task and meta.task != task:
-        raise ValueError(f'{model_path} is a {meta.task} model, given for task {task}')
+        raise ValueError(f'{model.path} is a {meta.task} model, given for task {task}')
     demos = collect_demos(task, n_demos, seed=0)
     scale = chunk_scale(demos, meta.n_obs, meta.horizon)
     return ChunkEnvConfig(task, {}, meta.n_obs, meta.horizon, meta.executed_steps,
                           TASK_TICKS[task], tuple(float(s) for s in scale), TASK_KNOTS[task])
 
 
-def resolve_sigma(name: str, model_path: str) -> float:
+def resolve_sigma(name: str, meta: ModelMetadata) -> float:
     """'min' -> the model's reward_sigma, 'rank' -> its sampler's rank_sigma, else a number."""
-    meta = load_model(model_path, graphs=['energy'], warm_up=False).metadata
     if name == 'min':
         return float(meta.reward_sigma)
     if name == 'rank':
@@ -130,12 +134,11 @@ def resolve_sigma(name: str, model_path: str) -> float:
         raise ValueError(f"sigma {name!r}: expected 'min', 'rank' or a number") from None
 
 
-def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: int,
+def run_checks(task: str, model: OnnxModel, config: ChunkEnvConfig, n_rollouts: int,
                sigmas: list[str]) -> list[dict[str, Any]]:
     """The reward checks for every variant and noise scale: one record each."""
-    model = load_model(model_path)
     action_std = np.asarray(model.metadata.action_std)
-    keys = [(v, name, resolve_sigma(name, model_path)) for name in sigmas
+    keys = [(v, name, resolve_sigma(name, model.metadata)) for name in sigmas
             for v in REWARD_VARIANTS]
     rewards = {f'{v}@{name}': EnergyReward(model, variant=v, sigma=sigma)
                for v, name, sigma in keys}
@@ -155,21 +158,21 @@ def run_checks(task: str, model_path: str, config: ChunkEnvConfig, n_rollouts: i
     return records
 
 
-def run_rl(task: str, model_path: str, config: ChunkEnvConfig, args: argparse.Namespace
+def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.Namespace
            ) -> list[dict[str, Any]]:
     """Every reward source x seed: one aggregated record per source."""
     sac = SACConfig(learning_starts=50) if args.smoke else SACConfig()
     demos = expert_trajectories(config, list(range(args.demo_episodes)))
-    reward = scaled_energy_reward(model_path, config, args.rl_variant,
-                                  resolve_sigma(args.rl_sigma, model_path),
+    reward = scaled_energy_reward(model, config, args.rl_variant,
+                                  resolve_sigma(args.rl_sigma, model.metadata),
                                   2 if args.smoke else 10)
     records = []
     for source in args.sources:
         runs = []
         for seed in range(args.seeds):
-            model, train_s = train_agent(source, config, args.env_steps, seed, sac,
+            agent, train_s = train_agent(source, config, args.env_steps, seed, sac,
                                          reward=reward, demos=demos)
-            runs.append({**evaluate_agent(model, config, args.eval_episodes),
+            runs.append({**evaluate_agent(agent, config, args.eval_episodes),
                          'train_s': train_s})
         success = [r['success'] for r in runs]
         record = {'task': task, 'reward_source': source, 'seeds': list(range(args.seeds)),
@@ -278,13 +281,14 @@ def main(argv: list[str] | None = None) -> int:
             result: dict[str, Any] = {'settings': {task: {**common, 'model': path,
                                                           'rl': task in args.rl_tasks}},
                                       'checks': [], 'rl': []}
-            config = env_config(task, path, args.demo_episodes)
+            model = load_model(path)
+            config = env_config(task, model, args.demo_episodes)
             if not args.no_checks:
-                result['checks'] = run_checks(task, path, config, args.check_rollouts,
+                result['checks'] = run_checks(task, model, config, args.check_rollouts,
                                               args.sigmas.split(','))
                 write_results(result, args.out)
             if task in args.rl_tasks:
-                result['rl'] = run_rl(task, path, config, args)
+                result['rl'] = run_rl(task, model, config, args)
                 write_results(result, args.out)
     except (ModelLoadError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)

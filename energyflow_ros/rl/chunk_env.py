@@ -29,7 +29,7 @@ from energyflow_ros.sim.base import Task
 from energyflow_ros.sim.registry import make_task
 
 __all__ = ['ChunkEnvConfig', 'ChunkEnv', 'ChunkReward', 'chunk_scale', 'encode_chunk',
-           'decode_chunk', 'progress', 'true_reward']
+           'decode_chunk', 'progress', 'at_goal', 'true_reward']
 
 # (observation history (n_obs * frame,), chunk (H, A) raw) -> reward of executing the chunk.
 ChunkReward = Callable[[np.ndarray, np.ndarray], float]
@@ -132,6 +132,13 @@ def progress(task: Task, start: np.ndarray) -> float:
                      'obstacles2d or pusht')
 
 
+def at_goal(task: Task) -> bool:
+    """obstacles2d: the robot is within the goal tolerance now (False for other tasks)."""
+    if task.info.name != 'obstacles2d':
+        return False
+    return bool(np.linalg.norm(task.goal - task.position) <= task.config.goal_tolerance)
+
+
 def true_reward(task: Task, before: float, after: float, collided: bool) -> float:
     """The hand-written task reward of one chunk step.
 
@@ -141,8 +148,8 @@ def true_reward(task: Task, before: float, after: float, collided: bool) -> floa
     coverage at the end of the chunk (gym-pusht's own dense reward, per chunk).
     """
     if task.info.name == 'obstacles2d':
-        at_goal = np.linalg.norm(task.goal - task.position) <= task.config.goal_tolerance
-        return after - before - COLLISION_PENALTY * float(collided) + GOAL_BONUS * at_goal
+        return (after - before - COLLISION_PENALTY * float(collided)
+                + GOAL_BONUS * float(at_goal(task)))
     return after
 
 

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from energyflow_ros.rl.chunk_env import (ChunkEnvConfig, COLLISION_PENALTY, encode_chunk,
-                                         GOAL_BONUS, progress)
+from energyflow_ros.rl.chunk_env import (at_goal, ChunkEnvConfig, COLLISION_PENALTY,
+                                         encode_chunk, GOAL_BONUS, progress)
 from energyflow_ros.sim.base import Policy, Task
 from energyflow_ros.sim.registry import make_expert, make_task
 from energyflow_ros.sim.rollout import ExpertPolicy
@@ -38,6 +38,7 @@ class TickRollout:
         actions: (T, A) raw actions applied.
         progress: (T + 1,) the task's true progress after each tick (index 0: at reset).
         collided: (T,) whether each tick touched an obstacle.
+        at_goal: (T,) whether the robot was within the goal tolerance after each tick.
         success: the goal was reached at some tick.
     """
 
@@ -45,6 +46,7 @@ class TickRollout:
     actions: np.ndarray
     progress: np.ndarray
     collided: np.ndarray
+    at_goal: np.ndarray
     success: bool
 
 
@@ -55,7 +57,7 @@ def tick_rollout(task: Task, policy: Policy, seed: int, n_ticks: int) -> TickRol
     if callable(getattr(policy, 'reset', None)):
         policy.reset()
     observations, actions = [np.asarray(obs, dtype=np.float64)], []
-    prog, collided, success = [progress(task, start)], [], False
+    prog, collided, goal, success = [progress(task, start)], [], [], False
     for _ in range(n_ticks):
         action = np.asarray(policy(observations[-1]), dtype=np.float64)
         result = task.step(action)
@@ -63,9 +65,10 @@ def tick_rollout(task: Task, policy: Policy, seed: int, n_ticks: int) -> TickRol
         observations.append(np.asarray(result.obs, dtype=np.float64))
         prog.append(progress(task, start))
         collided.append(bool(result.info.get('collision', False)))
+        goal.append(at_goal(task))
         success |= bool(result.success)
     return TickRollout(np.array(observations), np.array(actions), np.array(prog),
-                       np.array(collided), success)
+                       np.array(collided), np.array(goal), success)
 
 
 def chunk_pairs(rollout: TickRollout, n_obs: int, horizon: int,
@@ -92,11 +95,9 @@ def rollout_return(task_name: str, rollout: TickRollout, executed_steps: int) ->
     if task_name == 'obstacles2d':
         starts = ends - executed_steps
         hits = [rollout.collided[max(s, 0):e].any() for s, e in zip(starts, ends)]
-        tolerance = make_task(task_name).config.goal_tolerance
-        end_obs = rollout.obs[ends]
-        at_goal = np.linalg.norm(end_obs[:, 2:4] - end_obs[:, :2], axis=1) <= tolerance
         return float(rollout.progress[-1] - rollout.progress[0]
-                     - COLLISION_PENALTY * np.sum(hits) + GOAL_BONUS * np.sum(at_goal))
+                     - COLLISION_PENALTY * np.sum(hits)
+                     + GOAL_BONUS * np.sum(rollout.at_goal[ends - 1]))
     return float(rollout.progress[ends].sum())
 
 

@@ -23,10 +23,11 @@ import torch
 
 from energyflow_ros.rl.chunk_env import ChunkEnv, ChunkEnvConfig, ChunkReward, decode_chunk
 from energyflow_ros.rl.rollouts import chunk_pairs, expert_policy, tick_rollout
+from energyflow_ros.runtime.onnx_model import OnnxModel
 from energyflow_ros.runtime.reward import EnergyReward
 from energyflow_ros.sim.registry import make_task
 
-__all__ = ['REWARD_SOURCES', 'SACConfig', 'RLResult', 'scaled_energy_reward', 'train_agent',
+__all__ = ['REWARD_SOURCES', 'SACConfig', 'scaled_energy_reward', 'train_agent',
            'evaluate_agent']
 
 REWARD_SOURCES = ('true', 'energyflow', 'gail', 'airl')
@@ -58,30 +59,7 @@ class SACConfig:
     ent_coef: str = 'auto_0.01'
 
 
-@dataclass
-class RLResult:
-    """One trained agent's evaluation.
-
-    Attributes:
-        source: reward source.
-        seed: training seed.
-        env_steps: environment (chunk) steps trained.
-        success: fraction of evaluation episodes that reached the goal.
-        progress: mean final true progress.
-        collision: obstacles2d: fraction of episodes that touched an obstacle.
-        train_s: wall time of training.
-    """
-
-    source: str
-    seed: int
-    env_steps: int
-    success: float
-    progress: float
-    collision: float
-    train_s: float
-
-
-def scaled_energy_reward(model_path: str, config: ChunkEnvConfig, variant: str,
+def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
                          sigma: float | None = None, n_demo_episodes: int = 10) -> ChunkReward:
     """The extracted reward of one (history, chunk), divided by its spread over what SAC sees.
 
@@ -92,9 +70,7 @@ def scaled_energy_reward(model_path: str, config: ChunkEnvConfig, variant: str,
     of magnitude below, where clipping flattened the reward and SAC learned nothing.)
     ``sigma`` is the energy's noise scale (default: the model's ``reward_sigma``).
     """
-    from energyflow_ros.runtime import load_model
-
-    reward = EnergyReward(load_model(model_path), variant=variant, sigma=sigma)
+    reward = EnergyReward(model, variant=variant, sigma=sigma)
     task = make_task(config.task, **config.task_kwargs)
     n_ticks = config.n_chunks * config.executed_steps
     rng = np.random.default_rng(0)
