@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from energyflow_ros.core.methods import build_method
 from energyflow_ros.core.reward import centered_reward, soft_value_reward
 from energyflow_ros.export.onnx_export import export_method
 from energyflow_ros.runtime import EnergyReward, load_model
 from test.export_fixtures import (
-    export_tiny, linear_task, linear_task_answer, normalizers, trained_energyflow,
+    SPEC, TINY_MLP, export_tiny, linear_task, linear_task_answer, normalizers, train_meta,
+    trained_energyflow,
 )
 
 
@@ -105,3 +107,24 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     z_obs = reward._planner.normalize_obs(obs.reshape(20, 2, 1), batched=True)
     e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
     assert e_ref.shape == (20, model.metadata.sampler.n_particles)
+
+
+def test_occupancy_variant_is_minus_the_joint_energy_and_needs_a_joint_model(tmp_path, tiny):
+    with pytest.raises(ValueError, match='occupancy reward needs an energy fitted over '
+                                         'observations'):
+        EnergyReward(load_model(tiny['energyflow'][0]), variant='occupancy')
+    torch.manual_seed(0)
+    method = build_method('energyflow', SPEC, TINY_MLP, {'obs_noise_max': 1.0}).eval()
+    obs_norm, act_norm = normalizers()
+    path = str(tmp_path / 'joint.onnx')
+    export_method(method, obs_norm, act_norm, train_meta(), path)
+    model = load_model(path)
+    assert model.metadata.joint_density
+    reward = EnergyReward(model, variant='occupancy', sigma=0.1)
+    rng = np.random.default_rng(2)
+    history, chunks = rng.normal(size=(3, 2, 3)), rng.normal(size=(3, 4, 2))
+    obs = torch.tensor(obs_norm.normalize(history.reshape(3, -1)), dtype=torch.float32)
+    act = torch.tensor(act_norm.normalize(chunks), dtype=torch.float32)
+    with torch.no_grad():
+        want = -method.energy(obs, act, torch.full((3,), 0.1))
+    np.testing.assert_allclose(reward(history, chunks), want.numpy(), rtol=1e-4, atol=1e-3)

@@ -136,10 +136,15 @@ def resolve_sigma(name: str, meta: ModelMetadata) -> float:
 
 def run_checks(task: str, model: OnnxModel, config: ChunkEnvConfig, n_rollouts: int,
                sigmas: list[str]) -> list[dict[str, Any]]:
-    """The reward checks for every variant and noise scale: one record each."""
+    """The reward checks for every variant and noise scale: one record each.
+
+    ``occupancy`` is checked only for a model whose energy is a joint density.
+    """
     action_std = np.asarray(model.metadata.action_std)
+    variants = [v for v in REWARD_VARIANTS
+                if v != 'occupancy' or model.metadata.joint_density]
     keys = [(v, name, resolve_sigma(name, model.metadata)) for name in sigmas
-            for v in REWARD_VARIANTS]
+            for v in variants]
     rewards = {f'{v}@{name}': EnergyReward(model, variant=v, sigma=sigma)
                for v, name, sigma in keys}
     results = check_rewards(config, rewards, action_std,

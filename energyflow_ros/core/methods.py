@@ -135,10 +135,24 @@ class EnergyFlowConfig:
     Attributes:
         schedule: VE noise scales (the paper's code: 0.01 .. 10 on z-scored actions).
         flow: inference with the probability-flow ODE.
+        obs_noise_max: 0 (the paper): only actions are noised, so E is a conditional energy
+            whose offset per observation is free. > 0 (ours): observations are noised too,
+            with min(sigma, obs_noise_max), and -grad_o E is fitted to their score as well, so
+            the field over (o, a) is conservative and -E(o, a, sigma) is the joint log-density
+            of the demonstrations' states and actions up to one constant: a reward that also
+            says which states the expert visits (the ``occupancy`` reward).
     """
 
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     flow: ProbabilityFlowConfig = field(default_factory=ProbabilityFlowConfig)
+    obs_noise_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        value = self.obs_noise_max
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0.0 <= value < float('inf')):
+            raise ConfigError(f'EnergyFlowConfig.obs_noise_max = {value!r} is invalid: '
+                              'expected a finite number >= 0')
 
 
 @dataclass(frozen=True)
@@ -312,14 +326,32 @@ class EnergyFlowMethod(Method):
     def energy(self, obs, act, sigma=None):  # noqa: D102
         return self.net(obs, act, sigma)
 
+    @property
+    def joint_density(self) -> bool:
+        """True when -E is a joint log-density of (o, a) (``obs_noise_max`` > 0)."""
+        return self.cfg.obs_noise_max > 0.0
+
     def loss(self, obs, act, generator=None):  # noqa: D102
         sigma = self.schedule.sample_sigma(act.shape[0], generator, act.device)
         eps = torch.randn(act.shape, generator=generator, device=act.device)
-        noisy = (act + sigma.view(-1, 1, 1) * eps).unsqueeze(1)
-        _, grad = candidate_energies_and_grads(self.net, obs, noisy.requires_grad_(True), sigma,
-                                               create_graph=True)
-        loss = dsm_loss(sigma.view(-1, 1, 1) * grad[:, 0], eps)
-        return loss, {'loss': loss.item()}
+        noisy = act + sigma.view(-1, 1, 1) * eps
+        if not self.joint_density:
+            _, grad = candidate_energies_and_grads(self.net, obs, noisy.unsqueeze(1)
+                                                   .requires_grad_(True), sigma,
+                                                   create_graph=True)
+            loss = dsm_loss(sigma.view(-1, 1, 1) * grad[:, 0], eps)
+            return loss, {'loss': loss.item()}
+        sigma_o = sigma.clamp(max=self.cfg.obs_noise_max).view(-1, 1)
+        eps_o = torch.randn(obs.shape, generator=generator, device=obs.device)
+        noisy_obs = (obs + sigma_o * eps_o).requires_grad_(True)
+        noisy.requires_grad_(True)
+        e = self.net(noisy_obs, noisy, sigma)
+        grad_o, grad_a = torch.autograd.grad(e.sum(), (noisy_obs, noisy), create_graph=True)
+        loss_a = dsm_loss(sigma.view(-1, 1, 1) * grad_a, eps)
+        loss_o = dsm_loss(sigma_o * grad_o, eps_o)
+        loss = loss_a + loss_o
+        return loss, {'loss': loss.item(), 'loss_action': loss_a.item(),
+                      'loss_obs': loss_o.item()}
 
     def sampler(self):  # noqa: D102
         return S.ProbabilityFlowSampler(self.net, self.schedule, self.cfg.flow, self.chunk_shape)

@@ -83,7 +83,8 @@ def dsm_loss(sigma_grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
     Args:
         sigma_grad: (B, H, A) sigma * grad_a E(o, a + sigma * eps, sigma), built with
-            ``create_graph=True`` so the loss reaches the parameters.
+            ``create_graph=True`` so the loss reaches the parameters (or any (B, ...) pair,
+            e.g. the observation term of the joint form).
         noise: (B, H, A) the eps that was added.
 
     Returns:

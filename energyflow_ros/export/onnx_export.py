@@ -154,6 +154,7 @@ def build_metadata(method: Method, obs_normalizer: Normalizer, action_normalizer
         'control_period_s': float(meta['control_period_s']), 'sampler': spec.to_dict(),
         'reward_sigma': reward_sigma(method) if energy_based else 0.0,
         'reward_reference': refs.tolist() if refs is not None else [],
+        'joint_density': bool(getattr(method, 'joint_density', False)),
         'data_sha256': str(meta.get('data_sha256', '')), 'task': str(meta.get('task', '')),
         'extra': dict(extra or {}),
     }

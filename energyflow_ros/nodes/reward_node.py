@@ -79,8 +79,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
             'stamped_reward_topic': d(self, 'stamped_reward_topic',
                                       '/energyflow/reward_stamped', 'PointStamped reward'),
             'reward_variant': d(self, 'reward_variant', 'centered',
-                                "'centered', 'soft_value' or 'policy_value' "
-                                "(runtime/reward.py)"),
+                                "'centered', 'soft_value', 'policy_value' or "
+                                "'occupancy' (runtime/reward.py)"),
             'reward_sigma': d(self, 'reward_sigma', 0.0, 'noise scale of the energy; 0: the '
                               "model's reward_sigma (sigma_min)", (0.0, 100.0)),
             'max_command_gap_s': d(self, 'max_command_gap_s', 0.5, 'a chunk step with no '

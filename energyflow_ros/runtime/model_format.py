@@ -196,6 +196,9 @@ class ModelMetadata:
         sampler: how to drive the sampler graphs.
         reward_sigma: sigma at which the reward is evaluated (sigma_min).
         reward_reference: (M, H, A) fixed reference chunks for the centred reward, normalised.
+        joint_density: True when the energy was fitted to the score of noisy observations as
+            well as actions, so -E(o, a, sigma) is the joint log-density of the training
+            (o, a) pairs up to one constant (EnergyFlow with ``obs_noise_max`` > 0).
         data_sha256: fingerprint of the training demonstrations.
         task: the task or dataset name.
         extra: free-form provenance (versions, parity errors, creation time).
@@ -220,6 +223,7 @@ class ModelMetadata:
     sampler: SamplerSpec
     reward_sigma: float = 0.0
     reward_reference: tuple = ()
+    joint_density: bool = False
     data_sha256: str = ''
     task: str = ''
     extra: dict[str, Any] = field(default_factory=dict)
@@ -299,6 +303,7 @@ class ModelMetadata:
             sampler=SamplerSpec.from_dict(data['sampler']),
             reward_sigma=float(data.get('reward_sigma', 0.0)),
             reward_reference=tuple(data.get('reward_reference') or ()),
+            joint_density=bool(data.get('joint_density', False)),
             data_sha256=str(data.get('data_sha256', '')), task=str(data.get('task', '')),
             extra=dict(data.get('extra') or {}), format_version=int(data['format_version']))
 

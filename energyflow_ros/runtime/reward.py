@@ -16,6 +16,13 @@ swing with the observation and dominate the other two variants' offsets; the pol
 particles sit at its modes, so this variant is about 0 for a chunk the policy would choose and
 negative otherwise, in every state. It costs one sampler call per scored observation.
 
+``occupancy``: ``r(o, a) = -E(o, a, sigma_r)`` for a model whose energy was fitted over noisy
+observations as well as actions (EnergyFlow with ``obs_noise_max`` > 0, metadata
+``joint_density``): -E is then the log-density of the demonstrations' (o, a) pairs up to one
+constant, so it is low in states the expert never visits as well as for actions it would not
+take there. The three variants above are relative to the observation's own chunks and cannot
+tell a visited state from an unvisited one; an RL agent finds that out (README). No references.
+
 The chunk and its references go through the energy graph in one call: candidates
 (B, 1 + M, H, A) per observation.
 """
@@ -29,7 +36,7 @@ from energyflow_ros.runtime.planner import ChunkPlanner
 
 __all__ = ['EnergyReward', 'REWARD_VARIANTS', 'reward_from_energies']
 
-REWARD_VARIANTS = ('centered', 'soft_value', 'policy_value')
+REWARD_VARIANTS = ('centered', 'soft_value', 'policy_value', 'occupancy')
 
 
 def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray,
@@ -38,7 +45,8 @@ def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray
 
     Args:
         e: (B,) energies of the scored chunks.
-        e_ref: (B, M) energies of the reference chunks under the same observations.
+        e_ref: (B, M) energies of the reference chunks under the same observations (unused by
+            ``occupancy``).
         reference: (M, H, A) the normalised reference chunks (for their N(0, I) log-density);
             unused by ``policy_value``, whose references are equally weighted samples.
         variant: one of :data:`REWARD_VARIANTS` (module doc).
@@ -49,6 +57,8 @@ def reward_from_energies(e: np.ndarray, e_ref: np.ndarray, reference: np.ndarray
     e, e_ref = np.asarray(e, dtype=np.float64), np.asarray(e_ref, dtype=np.float64)
     if variant == 'centered':
         return -(e - e_ref.mean(axis=1))
+    if variant == 'occupancy':
+        return -e
     if variant not in REWARD_VARIANTS:
         raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
                          f'{list(REWARD_VARIANTS)}')
@@ -85,7 +95,8 @@ class EnergyReward:
 
         Raises:
             ValueError: the model has no energy graph or no reward reference chunks, the
-                variant is unknown, or ``policy_value`` without a gradient sampler graph.
+                variant is unknown, ``policy_value`` without a gradient sampler graph, or
+                ``occupancy`` for a model whose energy is only conditional on o.
         """
         if variant not in REWARD_VARIANTS:
             raise ValueError(f'reward variant {variant!r} is unknown; expected one of '
@@ -109,6 +120,11 @@ class EnergyReward:
                 raise ValueError(f'{model.path}: the policy_value reward needs the loaded '
                                  'gradient sampler graph')
             self._planner = ChunkPlanner(model, seed=seed, warm_start=False)
+        if variant == 'occupancy' and not meta.joint_density:
+            raise ValueError(f'{model.path}: the occupancy reward needs an energy fitted over '
+                             'observations too (train energyflow with obs_noise_max > 0); '
+                             "this model's energy is conditional on the observation, so its "
+                             'level across observations is arbitrary')
         self._obs_mean = np.asarray(meta.obs_mean)
         self._obs_std = np.asarray(meta.obs_std)
         self._act_mean = np.asarray(meta.action_mean)
@@ -123,10 +139,12 @@ class EnergyReward:
 
         Returns:
             (B,) chunk energies and (B, M) reference energies (``policy_value``: M = N
-            sampled particles).
+            sampled particles; ``occupancy``: M = 0).
         """
         b = obs.shape[0]
-        if self._planner is None:
+        if self.variant == 'occupancy':
+            refs = np.zeros((b, 0, *self.reference.shape[1:]), np.float32)
+        elif self._planner is None:
             refs = np.broadcast_to(self.reference, (b, *self.reference.shape))
         else:
             obs = obs.astype(np.float32)
