@@ -138,6 +138,21 @@ def test_collect_demos_keeps_or_drops_failures():
         collect_demos('nope', 1)
 
 
+def test_fixed_tick_demos_go_on_past_success_with_the_expert_holding_at_the_goal():
+    short = collect_demos('obstacles2d', 3, seed=10)
+    fixed = collect_demos('obstacles2d', 3, seed=10, episode_ticks=60)
+    assert fixed.episode_ends.tolist() == [60, 120, 180] and fixed.meta['episode_ticks'] == 60
+    for a, b in zip(short.episode_slices(), fixed.episode_slices(), strict=True):
+        n = a.stop - a.start
+        assert n < 60
+        np.testing.assert_array_equal(short.obs[a], fixed.obs[b][:n])  # same episode start
+        held = fixed.obs[b][n:]
+        np.testing.assert_allclose(held[:, :2], held[:, 2:], atol=0.02)  # at the goal ...
+        assert np.ptp(held[5:, :2], axis=0).max() < 1e-9                # ... and staying
+    with pytest.raises(ValueError, match='episode_ticks'):
+        collect_demos('obstacles2d', 1, episode_ticks=0)
+
+
 def test_expert_success_rate_obstacles2d():
     assert expert_success_rate('obstacles2d', 20, seed=0) == 1.0
 

@@ -153,6 +153,12 @@ def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
     assert cache.startswith(str(tmp_path)) and DemoSet.load_npz(cache)
     assert load_demos(cfg, 'obstacles2d').fingerprint() == first.fingerprint()
     assert expert_cache_path(cfg, 'obstacles2d', {'n_obstacles': 3}) != cache
+    fixed = DataConfig(source='expert', n_episodes=3, seed=5, cache_dir=str(tmp_path),
+                       episode_ticks=60)
+    assert expert_cache_path(fixed, 'obstacles2d', {}) != cache
+    assert load_demos(fixed, 'obstacles2d').episode_ends.tolist() == [60, 120, 180]
+    with pytest.raises(ConfigError, match='episode_ticks'):
+        DataConfig(episode_ticks=-1)
     with pytest.raises(DemoError, match='not found'):
         load_demos(DataConfig(source='npz', path=str(tmp_path / 'absent.npz')), 'x')
     with pytest.raises(DemoError, match='not found'):

@@ -20,7 +20,7 @@ __all__ = ['collect_demos', 'expert_success_rate']
 
 def _expert_episodes(task_name: str, seed: int, max_attempts: int, wanted: int,
                      only_success: bool,
-                     task_kwargs: dict[str, Any] | None
+                     task_kwargs: dict[str, Any] | None, episode_ticks: int | None = None,
                      ) -> tuple[list[dict[str, Any]], int, int, TaskInfo]:
     """Run expert episodes with seeds ``seed, seed + 1, ...`` until enough are kept.
 
@@ -38,7 +38,7 @@ def _expert_episodes(task_name: str, seed: int, max_attempts: int, wanted: int,
         while len(kept) < wanted and attempts < max_attempts:
             episode_seed = seed + attempts
             policy.seed = episode_seed
-            result = rollout(task, policy, episode_seed)
+            result = rollout(task, policy, episode_seed, fixed_ticks=episode_ticks)
             attempts += 1
             successes += int(result['success'])
             if (result['success'] or not only_success) and result['n_steps'] > 0:
@@ -50,7 +50,8 @@ def _expert_episodes(task_name: str, seed: int, max_attempts: int, wanted: int,
 
 def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: bool = True,
                   max_attempts: int | None = None,
-                  task_kwargs: dict[str, Any] | None = None) -> DemoSet:
+                  task_kwargs: dict[str, Any] | None = None,
+                  episode_ticks: int | None = None) -> DemoSet:
     """Record ``n_episodes`` episodes of a task's scripted expert.
 
     Args:
@@ -61,6 +62,10 @@ def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: 
         max_attempts: give up after this many episodes (default: ``2 * n_episodes + 10``
             when only successes are kept, else ``n_episodes``).
         task_kwargs: keyword arguments for the task's constructor.
+        episode_ticks: record every episode for exactly this many ticks, the expert going on
+            (holding at its goal) after success, instead of stopping at success: the
+            occupancy of a fixed-horizon episode, which is what an RL agent in
+            :mod:`energyflow_ros.rl.chunk_env` is compared with.
 
     Returns:
         A validated DemoSet; ``meta`` holds ``task``, ``task_kwargs``, ``seed``,
@@ -68,8 +73,8 @@ def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: 
         (successes / attempts) and ``episode_seeds``.
 
     Raises:
-        ValueError: ``n_episodes`` or ``max_attempts`` is not a positive integer, or the task
-            name is unknown.
+        ValueError: ``n_episodes``, ``max_attempts`` or ``episode_ticks`` is not a positive
+            integer, or the task name is unknown.
         DemoError: fewer than ``n_episodes`` usable episodes within ``max_attempts``.
     """
     if not (isinstance(n_episodes, int) and n_episodes > 0):
@@ -79,8 +84,12 @@ def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: 
     if not (isinstance(max_attempts, int) and max_attempts > 0):
         raise ValueError(f'max_attempts = {max_attempts!r} is invalid: expected a positive '
                          'integer')
+    if episode_ticks is not None and not (isinstance(episode_ticks, int) and episode_ticks > 0):
+        raise ValueError(f'episode_ticks = {episode_ticks!r} is invalid: expected a positive '
+                         'integer or None')
     kept, attempts, successes, info = _expert_episodes(task_name, seed, max_attempts,
-                                                       n_episodes, only_success, task_kwargs)
+                                                       n_episodes, only_success, task_kwargs,
+                                                       episode_ticks)
     if len(kept) < n_episodes:
         raise DemoError(f'{task_name}: only {len(kept)} of {n_episodes} expert episodes were '
                         f'usable after {attempts} attempts (success rate '
@@ -93,6 +102,7 @@ def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: 
         meta={'task': task_name, 'task_kwargs': dict(task_kwargs or {}), 'seed': seed,
               'control_hz': info.control_hz, 'max_steps': info.max_steps,
               'source': 'scripted_expert', 'only_success': only_success,
+              'episode_ticks': episode_ticks,
               'n_attempts': attempts, 'expert_success_rate': successes / attempts,
               'episode_seeds': [r['seed'] for r in kept]})
 

@@ -48,8 +48,8 @@ def make_expert_policy(task: Task) -> ExpertPolicy:
     return ExpertPolicy(make_expert(task))
 
 
-def rollout(task: Task, policy: Policy, seed: int,
-            max_steps: int | None = None) -> dict[str, Any]:
+def rollout(task: Task, policy: Policy, seed: int, max_steps: int | None = None,
+            fixed_ticks: int | None = None) -> dict[str, Any]:
     """Run one episode.
 
     Args:
@@ -57,6 +57,9 @@ def rollout(task: Task, policy: Policy, seed: int,
         policy: callable obs -> action (raw units); its ``reset()`` is called after the task's.
         seed: episode seed.
         max_steps: stop after this many ticks (default and upper bound: the task's limit).
+        fixed_ticks: run exactly this many ticks instead, going on after the task says done
+            (the expert holds at its goal): a fixed-horizon episode. ``success`` then means
+            the task succeeded at some tick.
 
     Returns:
         ``obs`` (T, obs_dim) observations the actions were chosen from, ``actions``
@@ -68,6 +71,7 @@ def rollout(task: Task, policy: Policy, seed: int,
         ValueError: the policy returned an action of the wrong shape or with NaN/inf.
     """
     limit = task.info.max_steps if max_steps is None else min(max_steps, task.info.max_steps)
+    limit = limit if fixed_ticks is None else fixed_ticks
     start = time.perf_counter()
     obs = task.reset(seed)
     if callable(getattr(policy, 'reset', None)):
@@ -79,8 +83,8 @@ def rollout(task: Task, policy: Policy, seed: int,
         observations.append(obs)
         actions.append(action)
         result = task.step(action)
-        obs, success = result.obs, result.success
-        if result.done:
+        obs, success = result.obs, success or result.success
+        if result.done and fixed_ticks is None:
             break
     shape = (0, task.info.obs_dim), (0, task.info.action_dim)
     return {

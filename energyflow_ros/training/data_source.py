@@ -58,6 +58,11 @@ class DataConfig:
         n_episodes: ``expert`` only: successful expert episodes to collect.
         seed: ``expert`` only: seed of the first episode (episode i uses seed + i).
         cache_dir: ``expert`` only: folder of cached collections; null disables the cache.
+        episode_ticks: ``expert`` only: record every episode for exactly this many ticks, the
+            expert holding at its goal after success (null: stop at success). Use the RL
+            environment's episode length when the model is a reward for it
+            (``energyflow-reward-eval``), so its demonstrations cover what the agent's
+            fixed-length episodes do after arriving.
         control_hz: the data's control rate; null takes it from the task or the data's meta.
     """
 
@@ -70,6 +75,7 @@ class DataConfig:
     n_episodes: int = 100
     seed: int = 0
     cache_dir: str | None = 'outputs/demo_cache'
+    episode_ticks: int | None = None
     control_hz: float | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +92,10 @@ class DataConfig:
             _fail('n_episodes', self.n_episodes, 'a positive integer')
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             _fail('seed', self.seed, 'an integer')
+        ticks = self.episode_ticks
+        if ticks is not None and not (isinstance(ticks, int) and not isinstance(ticks, bool)
+                                      and ticks > 0):
+            _fail('episode_ticks', ticks, 'a positive integer or null')
         rate = self.control_hz
         if rate is not None and not (isinstance(rate, (int, float)) and 0 < rate < float('inf')):
             _fail('control_hz', rate, 'a finite positive number or null')
@@ -97,7 +107,8 @@ def expert_cache_path(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -
         return None
     key = json.dumps({'task': task, 'kwargs': task_kwargs}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    name = f'{task}_n{cfg.n_episodes}_s{cfg.seed}_{digest}.npz'
+    ticks = f'_t{cfg.episode_ticks}' if cfg.episode_ticks else ''
+    name = f'{task}_n{cfg.n_episodes}_s{cfg.seed}{ticks}_{digest}.npz'
     return os.path.join(cfg.cache_dir, name)
 
 
@@ -109,7 +120,8 @@ def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -> DemoSet:
         demos = DemoSet.load_npz(cache)
         demos.meta.update(task=task, source='scripted_expert (cached)')
         return demos
-    demos = collect_demos(task, cfg.n_episodes, seed=cfg.seed, task_kwargs=task_kwargs)
+    demos = collect_demos(task, cfg.n_episodes, seed=cfg.seed, task_kwargs=task_kwargs,
+                          episode_ticks=cfg.episode_ticks)
     if cache:
         os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
         demos.save_npz(cache)
