@@ -98,6 +98,14 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         assert record['env_steps'] == 120
     text = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
     assert '| obstacles2d | airl | 120 |' in text
+    # A second reward variant adds an energyflow row; the true-reward row is replaced.
+    assert reward_eval.main(['--smoke', '--tasks', 'obstacles2d', '--no-checks', '--sources',
+                             'true,energyflow', '--rl-variant', 'centered', '--out', out]) == 0
+    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+        rl = json.load(handle)['rl']
+    assert sorted((r['reward_source'], r.get('rl_variant')) for r in rl) == [
+        ('airl', None), ('energyflow', 'centered'), ('energyflow', 'policy_value'),
+        ('gail', None), ('true', None)]
 
 
 def test_bad_arguments_give_one_error_line(tmp_path, capsys):

@@ -152,7 +152,8 @@ def run_checks(task: str, model: OnnxModel, config: ChunkEnvConfig, n_rollouts: 
                             list(range(600_000, 600_000 + n_rollouts)))
     records = []
     for (variant, name, sigma), result in zip(keys, results.values()):
-        record = {'task': task, 'reward_variant': variant, 'sigma_name': name, 'sigma': sigma,
+        record = {'task': task, 'model': model.path, 'reward_variant': variant,
+                  'sigma_name': name, 'sigma': sigma,
                   'spearman': result.spearman, **dataclasses.asdict(result)}
         print(f'  {task:<12} {variant:<13} sigma {name}={sigma:g}  '
               f'Spearman(progress) {result.spearman:+.3f}  '
@@ -186,8 +187,9 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
-                  'rl_variant': args.rl_variant, 'rl_sigma': args.rl_sigma,
                   'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes}
+        if source == 'energyflow':
+            record.update(rl_variant=args.rl_variant, rl_sigma=args.rl_sigma, model=model.path)
         print(f"  {task:<12} {source:<11} success {record['success_mean']:.3f} ± "
               f"{record['success_std']:.3f}  progress {record['progress_mean']:.3f}  "
               f"collision {record['collision_mean']:.2f}  train {record['train_s']:.0f} s",
@@ -198,33 +200,34 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
 
 def _markdown(result: dict[str, Any]) -> str:
     lines = ['# Extracted reward: checks and downstream RL', '',
-             f'Produced by `{PROG}`; one line of settings per task run:', '']
+             f'Produced by `{PROG}`; the settings of the latest run per task (every record '
+             'in reward.json carries its own):', '']
     for task, s in result['settings'].items():
-        rl = (f"RL: SAC on the `{s['rl_variant']}` reward at sigma {s['rl_sigma']}, "
-              f"{s['env_steps']} chunk steps, "
-              f"seeds {s['seeds']}, {s['eval_episodes']} evaluation episodes per seed, "
-              f"{s['demo_episodes']} demonstrations" if s['rl'] else 'RL: not run')
-        lines.append(f"- {task} ({s['mode']}): model `{s['model']}`, "
-                     f"{s['check_rollouts']} rollouts per policy family; {rl}; "
+        lines.append(f"- {task} ({s['mode']}): {s['check_rollouts']} rollouts per policy "
+                     f"family in the checks; {s['demo_episodes']} demonstrations; "
                      f"{s['machine']}, torch {s['torch']}.")
     lines += ['', '## Reward checks', '',
-              '| task | variant | sigma | Spearman (progress) | Spearman (return) | '
+              '| task | model | variant | sigma | Spearman (progress) | Spearman (return) | '
               'expert outranks % | by noise scale (% wins) | rollouts | pairs |',
-              '|---|---|---|---|---|---|---|---|---|']
+              '|---|---|---|---|---|---|---|---|---|---|']
     for r in result['checks']:
         scales = ', '.join(f'{k}: {v:.1f}' for k, v in r['outranks_by_scale'].items())
-        lines.append(f"| {r['task']} | {r['reward_variant']} | {r['sigma_name']} = "
-                     f"{r['sigma']:g} | {r['spearman']:+.3f} | "
+        lines.append(f"| {r['task']} | `{r.get('model')}` | {r['reward_variant']} | "
+                     f"{r['sigma_name']} = {r['sigma']:g} | {r['spearman']:+.3f} | "
                      f"{r['spearman_return']:+.3f} | {r['expert_outranks_pct']:.1f} | "
                      f"{scales} | {r['n_rollouts']} | {r['n_pairs']} |")
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
-              '## Downstream RL', '', '| task | reward source | env steps | success | '
-              'final progress | collision | train s |', '|---|---|---|---|---|---|---|']
+              '## Downstream RL', '', 'SAC in every row; success and progress are means over '
+              'seeds of each seed\'s evaluation episodes.', '',
+              '| task | reward source | env steps | seeds | eval episodes | success | '
+              'final progress | collision | train s |', '|---|---|---|---|---|---|---|---|---|']
     for r in result['rl']:
         source = r['reward_source']
         if source == 'energyflow':
-            source += f" ({r.get('rl_variant')}, sigma {r.get('rl_sigma')})"
-        lines.append(f"| {r['task']} | {source} | {r['env_steps']} | "
+            source += (f" (`{r.get('rl_variant')}` at sigma {r.get('rl_sigma')}"
+                       + (f", `{r['model']}`" if r.get('model') else '') + ')')
+        lines.append(f"| {r['task']} | {source} | {r['env_steps']} | {len(r['seeds'])} | "
+                     f"{r.get('eval_episodes')} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f} | "
                      f"{r['progress_mean']:.3f} | {r['collision_mean']:.2f} | "
                      f"{r['train_s']:.0f} |")
@@ -236,12 +239,24 @@ def _order(name: str) -> int:
     return names.index(name) if name in names else len(names)
 
 
+def _check_key(record: dict[str, Any]) -> tuple:
+    return record['task'], record['reward_variant'], record['sigma_name'], record.get('model')
+
+
+def _rl_key(record: dict[str, Any]) -> tuple:
+    if record['reward_source'] != 'energyflow':
+        return record['task'], record['reward_source']
+    return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
+            record.get('model'))
+
+
 def write_results(result: dict[str, Any], out: str) -> None:
     """Merge ``result`` into ``<out>/reward.json`` and rewrite ``reward.md`` (atomically).
 
-    A record replaces an earlier one with the same task and variant/sigma (checks) or task
-    and reward source (RL); the others are kept, so tasks and sources can be run by separate
-    commands into the same folder. Every RL record carries the settings it was run with.
+    A record replaces an earlier one with the same task, variant, sigma and model (checks) or
+    task and reward source (RL; for ``energyflow`` also its variant, sigma and model); the
+    others are kept, so tasks, sources and reward models can be run by separate commands
+    into the same folder. Every RL record carries the settings it was run with.
     """
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, 'reward.json')
@@ -252,12 +267,13 @@ def write_results(result: dict[str, Any], out: str) -> None:
         if isinstance(old.get('settings'), dict) and all(
                 isinstance(v, dict) for v in old['settings'].values()):
             merged = old
+    for record in merged['checks'] + merged['rl']:   # written before records named their model
+        if 'model' not in record and (record.get('reward_source') in (None, 'energyflow')):
+            record['model'] = merged['settings'].get(record['task'], {}).get('model')
     merged['settings'].update(result['settings'])
-    for key, fields in (('checks', ('task', 'reward_variant', 'sigma_name')),
-                        ('rl', ('task', 'reward_source'))):
-        new = {tuple(r.get(f) for f in fields) for r in result[key]}
-        merged[key] = [r for r in merged.get(key, [])
-                       if tuple(r.get(f) for f in fields) not in new] + result[key]
+    for key, ident in (('checks', _check_key), ('rl', _rl_key)):
+        new = {ident(r) for r in result[key]}
+        merged[key] = [r for r in merged.get(key, []) if ident(r) not in new] + result[key]
         merged[key].sort(key=lambda r: (r['task'], r.get('sigma_name', ''),
                                         _order(r.get('reward_variant') or r['reward_source'])))
     for name, text in (('reward.json', json.dumps(merged, indent=2) + '\n'),

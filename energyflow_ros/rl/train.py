@@ -61,19 +61,23 @@ class SACConfig:
 
 def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
                          sigma: float | None = None, n_demo_episodes: int = 10) -> ChunkReward:
-    """The extracted reward of one (history, chunk), divided by its spread over what SAC sees.
+    """The extracted reward of one (history, chunk), centred and scaled over what SAC sees.
 
-    The spread (standard deviation) is measured in the states of ``n_demo_episodes`` expert
-    rollouts over the expert's chunks and chunks of uniformly random agent actions, so a
-    random action scores about -1 and an expert-like one about 0 whatever the model's energy
-    scale. (Scaling by the expert chunks' spread alone put every non-expert chunk two orders
-    of magnitude below, where clipping flattened the reward and SAC learned nothing.)
+    In the states of ``n_demo_episodes`` expert rollouts the reward is centred on its mean over
+    the expert's chunks and divided by its spread (standard deviation) over those and chunks of
+    uniformly random agent actions, so an expert-like chunk scores about 0 and a random one
+    about -1 whatever the model's energy scale and offset, and the clip at +-10 spreads is
+    symmetric about the expert. (Scaling by the expert chunks' spread alone put every
+    non-expert chunk two orders of magnitude below, where clipping flattened the reward and
+    SAC learned nothing; without centring, the offset of ``occupancy`` put the expert itself
+    near the clip.)
     ``sigma`` is the energy's noise scale (default: the model's ``reward_sigma``).
     """
     reward = EnergyReward(model, variant=variant, sigma=sigma)
     task = make_task(config.task, **config.task_kwargs)
     n_ticks = config.n_chunks * config.executed_steps
     rng = np.random.default_rng(0)
+    expert: list[np.ndarray] = []
     scores = []
     try:
         for seed in range(TRAIN_SEED - n_demo_episodes, TRAIN_SEED):
@@ -83,13 +87,15 @@ def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
             frame = run.obs.shape[1]
             random = np.stack([decode_chunk(rng.uniform(-1, 1, config.knots * len(
                 config.scale)), h[-frame:], config.scale, config.horizon) for h in hist])
-            scores += [reward(hist, chunks), reward(hist, random)]
+            expert.append(reward(hist, chunks))
+            scores += [expert[-1], reward(hist, random)]
     finally:
         task.close()
+    centre = float(np.mean(np.concatenate(expert)))
     spread = max(float(np.std(np.concatenate(scores))), 1e-6)
 
     def scaled(history: np.ndarray, chunk: np.ndarray) -> float:
-        return float(np.clip(reward(history, chunk) / spread, -10.0, 10.0))
+        return float(np.clip((reward(history, chunk) - centre) / spread, -10.0, 10.0))
 
     return scaled
 
