@@ -26,7 +26,7 @@ demo: venv
 	$(PY) -m energyflow_ros.cli.closed_loop $(ARGS)
 
 test: venv
-	$(PY) -m pytest test -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest test -q -rs -p no:cacheprovider $(ARGS)
 
 # Compare the energy objectives on a known 2-D multimodal density (a minute on a CPU).
 density-demo: venv
