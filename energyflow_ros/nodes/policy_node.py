@@ -32,6 +32,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Float64MultiArray, String
@@ -56,6 +57,7 @@ __all__ = ['PolicyNode', 'main']
 COMMAND_INTERFACES = ('forward', 'trajectory')
 INPUT_ERROR_HOLD_S = 2.0  # an input error keeps the diagnostics at ERROR this long
 WAITING_FOR_PLAN = 'waiting for the first plan'
+HOLD_ACK_TIMEOUT_S = 0.5  # how long a shutdown waits for the hold command to be acknowledged
 
 
 class PolicyNode(AutostartMixin, LifecycleNode):
@@ -295,6 +297,12 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             self._worker.stop()
         if self._loaded is not None:
             self._publish(self.filter.hold())
+            # The publisher may be destroyed right after (shutdown, cleanup): wait until the
+            # reliable subscribers acknowledged the hold, or a robot may never receive it.
+            if not self.cmd_pub.wait_for_all_acked(Duration(seconds=HOLD_ACK_TIMEOUT_S)):
+                self.get_logger().warning(
+                    f'the hold command was not acknowledged within {HOLD_ACK_TIMEOUT_S} s '
+                    'by every command subscriber')
 
     def lifecycle_label(self) -> str:
         """Current lifecycle state label ('unconfigured', 'inactive', 'active', ...)."""
