@@ -149,8 +149,9 @@ def test_fixed_tick_demos_go_on_past_success_with_the_expert_holding_at_the_goal
         held = fixed.obs[b][n:]
         np.testing.assert_allclose(held[:, :2], held[:, 2:], atol=0.02)  # at the goal ...
         assert np.ptp(held[5:, :2], axis=0).max() < 1e-9                # ... and staying
-    with pytest.raises(ValueError, match='episode_ticks'):
-        collect_demos('obstacles2d', 1, episode_ticks=0)
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match='episode_ticks'):
+            collect_demos('obstacles2d', 1, episode_ticks=bad)
 
 
 def test_expert_success_rate_obstacles2d():

@@ -267,9 +267,6 @@ def write_results(result: dict[str, Any], out: str) -> None:
         if isinstance(old.get('settings'), dict) and all(
                 isinstance(v, dict) for v in old['settings'].values()):
             merged = old
-    for record in merged['checks'] + merged['rl']:   # written before records named their model
-        if 'model' not in record and (record.get('reward_source') in (None, 'energyflow')):
-            record['model'] = merged['settings'].get(record['task'], {}).get('model')
     merged['settings'].update(result['settings'])
     for key, ident in (('checks', _check_key), ('rl', _rl_key)):
         new = {ident(r) for r in result[key]}

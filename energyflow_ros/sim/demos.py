@@ -84,7 +84,8 @@ def collect_demos(task_name: str, n_episodes: int, seed: int = 0, only_success: 
     if not (isinstance(max_attempts, int) and max_attempts > 0):
         raise ValueError(f'max_attempts = {max_attempts!r} is invalid: expected a positive '
                          'integer')
-    if episode_ticks is not None and not (isinstance(episode_ticks, int) and episode_ticks > 0):
+    if episode_ticks is not None and (isinstance(episode_ticks, bool) or not (
+            isinstance(episode_ticks, int) and episode_ticks > 0)):
         raise ValueError(f'episode_ticks = {episode_ticks!r} is invalid: expected a positive '
                          'integer or None')
     kept, attempts, successes, info = _expert_episodes(task_name, seed, max_attempts,
