@@ -6,7 +6,7 @@ import pytest
 
 from energyflow_ros.cli.evaluate import (
     aggregate, config_path, main, matched_backbone, method_parameters, RECORD_KEYS,
-    SMOKE_PARAMS, task_chunk_spec,
+    SMOKE_PARAMS, task_chunk_spec, write_results,
 )
 from energyflow_ros.core.methods import METHODS
 from energyflow_ros.training.trainer import load_train_config
@@ -28,15 +28,19 @@ def test_smoke_run_writes_one_record_per_method(smoke):
     assert [r['method'] for r in records] == ['energyflow', 'rnce', 'irnce', 'ibc',
                                               'diffusion', 'mse']
     for record in records:
-        assert tuple(record) == RECORD_KEYS
+        assert tuple(record)[:len(RECORD_KEYS)] == RECORD_KEYS
+        assert {'collision', 'first_side_above', 'n_modes'} <= set(record['metrics'])
         assert record['task'] == 'obstacles2d' and record['seeds'] == [0, 1]
         assert record['metric_name'] == 'path_cost'
         assert 0.0 <= record['success_mean'] <= 1.0 and record['success_std'] >= 0.0
         assert record['metric_mean'] >= 0.0 and record['infer_ms'] > 0.0
         assert abs(record['params'] - SMOKE_PARAMS) <= 0.05 * SMOKE_PARAMS, record
-    assert data['settings']['mode'] == 'smoke' and data['settings']['episodes'] == 2
+    settings = data['settings']['obstacles2d']
+    assert settings['mode'] == 'smoke' and settings['episodes'] == 2
     table = (root / 'results' / 'quality.md').read_text()
-    assert '## obstacles2d' in table and '| method | success | path_cost |' in table
+    assert '## obstacles2d' in table and 'Targets: EnergyFlow and R-NCE success' in table
+    assert ('| method | success | path_cost | collision | first_side_above | '
+            'first_side_below | n_modes |') in table
     assert all(f'| {m} |' in table for m in METHODS)
 
 
@@ -48,6 +52,7 @@ def test_a_second_run_reuses_the_finished_training_runs(smoke):
     assert main([*argv, '--methods', 'rnce,mse']) == 0
     again = json.loads((root / 'results' / 'quality.json').read_text())['records']
     assert stamp.stat().st_mtime_ns == before, 'the finished run was not retrained'
+    assert [r['method'] for r in again] == [r['method'] for r in first], 'records were lost'
     old = {r['method']: r for r in first}
     for record in again:
         for key in ('success_mean', 'metric_mean', 'params'):
@@ -69,6 +74,24 @@ def test_aggregate_takes_mean_and_std_over_seeds():
     record = aggregate('blockpush', 'ibc', [0, 1], runs, 'p1')
     assert record['success_mean'] == 0.75 and record['success_std'] == 0.25
     assert record['metric_mean'] == pytest.approx(0.3) and record['train_s'] == 3.0
+    assert record['metrics']['p1'] == {'mean': pytest.approx(0.3), 'std': pytest.approx(0.1)}
+
+
+def test_results_of_separate_commands_merge_by_task_and_method(tmp_path):
+    runs = [{'row': {'eval_success': 1.0, 'eval_p1': 1.0}, 'params': 10, 'train_s': 1.0,
+             'infer_ms': 1.0}]
+    first = [aggregate('blockpush', m, [0], runs, 'p1') for m in ('mse', 'energyflow')]
+    write_results(first, {'blockpush': {'mode': 'full', 'machine': 'gpu box'}}, str(tmp_path))
+    again = aggregate('blockpush', 'mse', [0], [{**runs[0], 'params': 20}], 'p1')
+    other = aggregate('obstacles2d', 'ibc', [0], runs, 'p1')
+    write_results([again, other], {'obstacles2d': {'mode': 'smoke'}}, str(tmp_path))
+    data = json.loads((tmp_path / 'quality.json').read_text())
+    assert [(r['task'], r['method'], r['params']) for r in data['records']] == [
+        ('obstacles2d', 'ibc', 10), ('blockpush', 'energyflow', 10), ('blockpush', 'mse', 20)]
+    assert data['settings'] == {'blockpush': {'mode': 'full', 'machine': 'gpu box'},
+                                'obstacles2d': {'mode': 'smoke'}}
+    table = (tmp_path / 'quality.md').read_text()
+    assert 'full run on gpu box' in table and 'Targets: best EBM p2 >= 0.90.' in table
 
 
 def test_unknown_names_are_usage_errors(capsys):

@@ -35,6 +35,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from energyflow_ros.cli.results_files import (  # noqa: E402
+    load_results, merge_records, write_files,
+)
 from energyflow_ros.rl.chunk_env import ChunkEnvConfig, chunk_scale  # noqa: E402
 from energyflow_ros.rl.reward_checks import check_rewards  # noqa: E402
 from energyflow_ros.rl.rollouts import expert_trajectories  # noqa: E402
@@ -258,27 +261,19 @@ def write_results(result: dict[str, Any], out: str) -> None:
     others are kept, so tasks, sources and reward models can be run by separate commands
     into the same folder. Every RL record carries the settings it was run with.
     """
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, 'reward.json')
     merged: dict[str, Any] = {'settings': {}, 'checks': [], 'rl': []}
-    if os.path.exists(path):
-        with open(path, encoding='utf-8') as handle:
-            old = json.load(handle)
-        if isinstance(old.get('settings'), dict) and all(
-                isinstance(v, dict) for v in old['settings'].values()):
-            merged = old
+    old = load_results(path)
+    if old and isinstance(old.get('settings'), dict) and all(
+            isinstance(v, dict) for v in old['settings'].values()):
+        merged = old
     merged['settings'].update(result['settings'])
     for key, ident in (('checks', _check_key), ('rl', _rl_key)):
-        new = {ident(r) for r in result[key]}
-        merged[key] = [r for r in merged.get(key, []) if ident(r) not in new] + result[key]
+        merged[key] = merge_records(merged.get(key, []), result[key], ident)
         merged[key].sort(key=lambda r: (r['task'], r.get('sigma_name', ''),
                                         _order(r.get('reward_variant') or r['reward_source'])))
-    for name, text in (('reward.json', json.dumps(merged, indent=2) + '\n'),
-                       ('reward.md', _markdown(merged))):
-        tmp = os.path.join(out, f'.{name}.{os.getpid()}.tmp')
-        with open(tmp, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.replace(tmp, os.path.join(out, name))
+    write_files(out, {'reward.json': json.dumps(merged, indent=2) + '\n',
+                      'reward.md': _markdown(merged)})
 
 
 def main(argv: list[str] | None = None) -> int:

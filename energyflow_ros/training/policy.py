@@ -168,7 +168,8 @@ def evaluate_chunk_policy(task_name: str, make_policy: Callable[[Any], ChunkPoli
 
     Returns:
         ``eval_<metric>`` for every task metric averaged over episodes, ``eval_n_modes`` where
-        the task reports modes, and ``eval_wall_s`` (seconds the evaluation took).
+        the task reports modes, ``eval_first_side_above`` / ``_below`` where it reports the
+        first obstacle's side (obstacles2d), and ``eval_wall_s`` (seconds the evaluation took).
     """
     from energyflow_ros.sim.rollout import evaluate_policy
 
@@ -181,7 +182,8 @@ def evaluate_chunk_policy(task_name: str, make_policy: Callable[[Any], ChunkPoli
     finally:
         np.random.set_state(numpy_state)
     row = {f'eval_{k[:-5]}': v for k, v in result.items() if k.endswith('_mean')}
-    if 'n_modes' in result:
-        row['eval_n_modes'] = result['n_modes']
+    for key in ('n_modes', 'first_side_above', 'first_side_below'):
+        if key in result:
+            row[f'eval_{key}'] = result[key]
     row['eval_wall_s'] = round(time.perf_counter() - start, 3)
     return row

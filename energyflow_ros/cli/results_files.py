@@ -1,0 +1,41 @@
+"""The result files of the benchmark commands: records merged by key, files written atomically.
+
+``energyflow-eval`` and ``energyflow-reward-eval`` run one task (or one method, one reward
+source) per command when a full run takes hours, so each merges its new records into the
+``<name>.json`` already in the results folder instead of replacing it, and writes every file
+through a temporary file and ``os.replace`` so a kill never leaves a half-written table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Hashable
+
+__all__ = ['load_results', 'merge_records', 'write_files']
+
+
+def load_results(path: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when there is none or it is not an object."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding='utf-8') as handle:
+        data = json.load(handle)
+    return data if isinstance(data, dict) else None
+
+
+def merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]],
+                  key: Callable[[dict[str, Any]], Hashable]) -> list[dict[str, Any]]:
+    """``old`` without the records whose ``key`` a record of ``new`` has, followed by ``new``."""
+    replaced = {key(record) for record in new}
+    return [record for record in old if key(record) not in replaced] + list(new)
+
+
+def write_files(out: str, files: dict[str, str]) -> None:
+    """Write ``{file name: text}`` into the folder ``out`` (created), each file atomically."""
+    os.makedirs(out, exist_ok=True)
+    for name, text in files.items():
+        tmp = os.path.join(out, f'.{name}.{os.getpid()}.tmp')
+        with open(tmp, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+        os.replace(tmp, os.path.join(out, name))
