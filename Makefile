@@ -12,7 +12,7 @@ STAMP := $(VENV)/.requirements.stamp
 
 .PHONY: venv demo test density-demo model eval eval-smoke reward-eval reward-eval-smoke \
 	reward-model-pusht reward-model-joint \
-	bench-latency bench-ros-loop colcon-build clean
+	bench-latency bench-ros-loop bench-sampler-cost colcon-build clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,11 @@ bench-latency: venv
 
 bench-ros-loop: venv
 	$(PY) benchmarks/ros_loop.py $(ARGS)
+
+# Per-chunk cost at equal success (EnergyFlow cold / warm vs DDIM) on the quality runs'
+# obstacles2d checkpoints (make eval ARGS="--tasks obstacles2d" first); ~15 min on 2 cores.
+bench-sampler-cost: venv
+	$(PY) benchmarks/sampler_cost.py $(ARGS)
 
 colcon-build: venv
 	$(VENV)/bin/colcon build --base-paths . --build-base build --install-base install

@@ -1,0 +1,271 @@
+"""Per-chunk cost at equal task success: EnergyFlow cold / warm-started vs the diffusion baseline.
+
+The latency benchmark times untrained graphs; this one asks what a robot pays for a chunk at a
+given success. Trained checkpoints of the same task (the quality benchmark's runs: same data,
+matched parameter counts) are exported to the ONNX families the policy node runs, with several
+step counts K of the cold and the warm-start sampler (EnergyFlow) and of DDIM (diffusion), and
+each setting drives the task in closed loop through the runtime's :class:`ChunkPlanner`
+(normalise, fused sampler graph, denormalise) exactly as the node does. Per setting: success,
+collisions, and the planner's wall time per chunk. Episodes are interleaved across settings
+(episode i of every setting, then episode i + 1), so background load on a shared machine hits
+every setting alike; compare settings by ratios within one run.
+
+Results: ``<out>/sampler_cost-<device>.json`` (one record per setting with keys ``setting,
+method, n_particles, cold_steps, warm_steps, episodes, success, collision, plans,
+p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference issue asks for:
+warm vs cold per-chunk cost at equal success, and the cheapest EnergyFlow setting that reaches
+the diffusion baseline's success vs that baseline's cost.
+
+Usage: ``python benchmarks/sampler_cost.py [--episodes 30] [--energy CKPT] [--diffusion CKPT]``
+(``make sampler-cost``; about 15 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import deque
+from dataclasses import dataclass, field
+import json
+import os
+import platform
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
+from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
+from energyflow_ros.runtime.planner import ChunkPlanner  # noqa: E402
+from energyflow_ros.sim.registry import make_task  # noqa: E402
+from energyflow_ros.sim.rollout import rollout  # noqa: E402
+from energyflow_ros.training.checkpoint import load_checkpoint  # noqa: E402
+
+RUNS = 'outputs/eval_runs/cpu10k/full/obstacles2d'
+EVAL_SEED = 100_000          # the trainer's evaluation seeds: never a demonstration's
+
+
+@dataclass
+class Setting:
+    """One exported sampler configuration and what it measured."""
+
+    name: str
+    method: str
+    checkpoint: str
+    n_particles: int | None
+    cold_steps: int
+    warm_steps: int | None      # None: cold start every chunk
+    planner: ChunkPlanner | None = None
+    success: list[float] = field(default_factory=list)
+    collision: list[float] = field(default_factory=list)
+    plan_ms: list[float] = field(default_factory=list)
+    warm_ms: list[float] = field(default_factory=list)
+
+
+class PlannerPolicy:
+    """The runtime planner as a simulation policy: replans every ``executed_steps`` ticks."""
+
+    def __init__(self, planner: ChunkPlanner, seed: int) -> None:
+        meta = planner.metadata
+        self.planner, self.seed = planner, seed
+        self.n_obs, self.executed = meta.n_obs, meta.executed_steps
+        self.times_ms: list[float] = []
+        self.warm_ms: list[float] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """New episode: empty history and queue, cold start, the episode's own noise seed."""
+        self.history: deque[np.ndarray] = deque(maxlen=self.n_obs)
+        self.queue: deque[np.ndarray] = deque()
+        self.planner.reset(self.seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The next action for ``obs`` (raw units)."""
+        frame = np.asarray(obs, dtype=np.float64)
+        self.history.extend([frame] * (self.n_obs if not self.history else 1))
+        if not self.queue:
+            plan = self.planner.plan(np.stack(self.history))
+            self.times_ms.append(1000.0 * plan.latency_s)
+            if plan.warm:
+                self.warm_ms.append(1000.0 * plan.latency_s)
+            self.queue.extend(plan.actions[: self.executed])
+        return self.queue.popleft()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--energy', default=f'{RUNS}/energyflow/seed0/final.pt',
+                        help='EnergyFlow checkpoint (trainer output)')
+    parser.add_argument('--diffusion', default=f'{RUNS}/diffusion/seed0/final.pt',
+                        help='diffusion-policy checkpoint of the same task and data')
+    parser.add_argument('--episodes', type=int, default=30, help='episodes per setting')
+    parser.add_argument('--cold-steps', default='20,10,5', help='EnergyFlow cold K values')
+    parser.add_argument('--warm-steps', default='5,3,2',
+                        help='warm-start K values (first chunk of an episode: cold K=20)')
+    parser.add_argument('--ddim-steps', default='10,5,3', help='DDIM step counts')
+    parser.add_argument('--particles', type=int, default=16, help='EnergyFlow particles N')
+    parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
+    parser.add_argument('--out', default='benchmarks/results')
+    args = parser.parse_args(argv)
+    for name in ('energy', 'diffusion') if _ints(args.ddim_steps) else ('energy',):
+        if not os.path.exists(getattr(args, name)):
+            parser.error(f'--{name} {getattr(args, name)}: no such checkpoint (train it with '
+                         '`make eval ARGS="--tasks obstacles2d"` or pass one)')
+    if args.episodes < 1:
+        parser.error('--episodes must be >= 1')
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(',') if v]
+
+
+def build_settings(args: argparse.Namespace) -> list[Setting]:
+    """Every setting to run, cheapest-last within each family."""
+    settings = [Setting(f'energyflow cold K={k}', 'energyflow', args.energy, args.particles, k,
+                        None) for k in _ints(args.cold_steps)]
+    settings += [Setting(f'energyflow warm K={k}', 'energyflow', args.energy, args.particles,
+                         20, k) for k in _ints(args.warm_steps)]
+    settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)
+                 for k in _ints(args.ddim_steps)]
+    return settings
+
+
+def export_settings(settings: list[Setting], folder: str, threads: int) -> None:
+    """Export each setting's model family and build its planner."""
+    for i, s in enumerate(settings):
+        path = os.path.join(folder, f'setting{i}.onnx')
+        export_checkpoint(s.checkpoint, path, n_particles=s.n_particles, n_steps=s.cold_steps,
+                          warm_steps=s.warm_steps)
+        model = load_model(path, providers=ProviderConfig(intra_op_threads=threads))
+        s.planner = ChunkPlanner(model, n_particles=s.n_particles,
+                                 warm_start=s.warm_steps is not None)
+
+
+def run(settings: list[Setting], task_name: str, episodes: int) -> None:
+    """Episode i of every setting, then episode i + 1 (interleaved against load)."""
+    task = make_task(task_name)
+    try:
+        for episode in range(episodes):
+            seed = EVAL_SEED + episode
+            for s in settings:
+                policy = PlannerPolicy(s.planner, seed)
+                result = rollout(task, policy, seed)
+                s.success.append(float(result['success']))
+                s.collision.append(float(result['metrics'].get('collision', 0.0)))
+                s.plan_ms += policy.times_ms
+                s.warm_ms += policy.warm_ms
+            print(f'episode {episode + 1}/{episodes}: ' + ', '.join(
+                f'{s.name} {np.mean(s.success):.2f}' for s in settings), flush=True)
+    finally:
+        task.close()
+
+
+def record(s: Setting) -> dict[str, Any]:
+    """The result record of one setting."""
+    times = np.asarray(s.plan_ms)
+    return {'setting': s.name, 'method': s.method, 'n_particles': s.planner.n_particles,
+            'cold_steps': s.cold_steps, 'warm_steps': s.warm_steps, 'episodes': len(s.success),
+            'success': float(np.mean(s.success)), 'collision': float(np.mean(s.collision)),
+            'plans': int(times.size), 'p50_ms': float(np.percentile(times, 50)),
+            'p99_ms': float(np.percentile(times, 99)), 'mean_ms': float(times.mean()),
+            'warm_plans': len(s.warm_ms),
+            'warm_mean_ms': float(np.mean(s.warm_ms)) if s.warm_ms else None}
+
+
+def equal_success(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Success rates within one binomial standard error of their difference (or a >= b)."""
+    n = min(a['episodes'], b['episodes'])
+    p = (a['success'] + b['success']) / 2
+    return a['success'] >= b['success'] - max(np.sqrt(2 * p * (1 - p) / n), 1.0 / n)
+
+
+def comparisons(recs: list[dict[str, Any]]) -> list[str]:
+    """The same-run ratios: warm vs cold default, cheapest EBM at the baseline's success."""
+    cold = next(r for r in recs if r['method'] == 'energyflow' and r['warm_steps'] is None)
+    lines = []
+    for r in recs:
+        if r['warm_steps'] is not None:
+            same = equal_success(r, cold)
+            lines.append(f"- {r['setting']} vs {cold['setting']}: per-chunk cost "
+                         f"{cold['mean_ms'] / r['mean_ms']:.2f}x lower (mean; p99 "
+                         f"{cold['p99_ms'] / r['p99_ms']:.2f}x; the warm-started chunks alone "
+                         f"{cold['mean_ms'] / r['warm_mean_ms']:.2f}x) at success "
+                         f"{r['success']:.2f} vs {cold['success']:.2f} "
+                         f"({'equal' if same else 'lower'} success).")
+    base = next((r for r in recs if r['method'] == 'diffusion'), None)
+    if base is not None:
+        ebm = [r for r in recs if r['method'] == 'energyflow' and equal_success(r, base)]
+        if ebm:
+            best = min(ebm, key=lambda r: r['mean_ms'])
+            lines.append(f"- Cheapest EnergyFlow setting at {base['setting']}'s success "
+                         f"({base['success']:.2f}): {best['setting']} (success "
+                         f"{best['success']:.2f}), {best['mean_ms']:.2f} ms vs "
+                         f"{base['mean_ms']:.2f} ms per chunk = {best['mean_ms'] / base['mean_ms']:.2f}x "
+                         "the baseline's cost.")
+        else:
+            lines.append(f"- No EnergyFlow setting reached {base['setting']}'s success "
+                         f"({base['success']:.2f}).")
+    return lines
+
+
+def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str]) -> str:
+    """The results table and the ratios."""
+    out = [f"# Per-chunk cost at equal success on {info['task']} ({info['device']})", '',
+           f"{info['machine']}; torch {info['torch']}, onnxruntime {info['onnxruntime']} "
+           f"({info['threads']} intra-op threads); load average {info['load_start']} at start / "
+           f"{info['load_end']} at end. Checkpoints: EnergyFlow `{info['energy']}`, diffusion "
+           f"`{info['diffusion']}`. {info['episodes']} episodes per setting (seeds from "
+           f'{EVAL_SEED}, interleaved across settings); time = the runtime planner call '
+           '(normalise, fused ONNX sampler, denormalise) per chunk.', '',
+           '| setting | N | cold K | warm K | success | collision | plans | p50 ms | p99 ms | '
+           'mean ms |', '|' + '---|' * 10]
+    for r in recs:
+        out.append(f"| {r['setting']} | {r['n_particles']} | {r['cold_steps']} | "
+                   f"{r['warm_steps'] or '-'} | {r['success']:.2f} | {r['collision']:.2f} | "
+                   f"{r['plans']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                   f"{r['mean_ms']:.2f} |")
+    notes = ['Warm settings start each episode cold (K=20) and every later chunk from the '
+             'previous one, shifted by the executed steps and re-noised; their mean includes '
+             'the cold first chunk.',
+             "'Equal success': within one binomial standard error of the difference (or higher)."]
+    return '\n'.join(out + ['', '## Same-run ratios', ''] + lines + ['', '## Notes', ''] +
+                     [f'- {n}' for n in notes]) + '\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, run, write ``sampler_cost-<device>.json`` / ``.md``."""
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    task_name = load_checkpoint(args.energy).payload['train_meta']['task']
+    settings = build_settings(args)
+    info = {'task': task_name, 'device': 'cpu', 'energy': args.energy,
+            'diffusion': args.diffusion, 'episodes': args.episodes, 'threads': args.threads,
+            'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
+            'torch': torch.__version__, 'onnxruntime': ort.__version__,
+            'load_start': [round(v, 2) for v in os.getloadavg()]}
+    with tempfile.TemporaryDirectory() as folder:
+        export_settings(settings, folder, args.threads)
+        info['device'] = settings[0].planner.model.provider
+        run(settings, task_name, args.episodes)
+    info['load_end'] = [round(v, 2) for v in os.getloadavg()]
+    recs = [record(s) for s in settings]
+    lines = comparisons(recs)
+    text = markdown(info, recs, lines)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"sampler_cost-{info['device']}")
+    with open(stem + '.json', 'w', encoding='utf-8') as handle:
+        json.dump({'info': info, 'records': recs, 'comparisons': lines}, handle, indent=1)
+    with open(stem + '.md', 'w', encoding='utf-8') as handle:
+        handle.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""A tiny run of benchmarks/sampler_cost.py on freshly trained tiny checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from energyflow_ros.cli.evaluate import config_path, SMOKE, SMOKE_METHODS
+from energyflow_ros.training.trainer import load_train_config, train
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'benchmarks', 'sampler_cost.py')
+
+
+@pytest.fixture(scope='module')
+def bench():
+    """The benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location('sampler_cost_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp('sampler_cost')
+    paths = {}
+    for method in ('energyflow', 'diffusion'):
+        cfg = load_train_config(config_path('obstacles2d', None), [
+            *SMOKE, f'method={method}', f'method_config={json.dumps(SMOKE_METHODS)}',
+            'eval.every=0', 'eval.final=false', 'progress=false', 'device=cpu',
+            f'data.cache_dir={root / "cache"}', f'out_dir={root / method}'])
+        train(cfg, log=lambda line: None)
+        paths[method] = str(root / method / 'final.pt')
+    return paths
+
+
+def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys):
+    assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
+                       checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
+                       '--warm-steps', '1', '--ddim-steps', '2', '--particles', '4',
+                       '--threads', '1', '--out', str(tmp_path)]) == 0
+    assert '## Same-run ratios' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ['sampler_cost-cpu.json', 'sampler_cost-cpu.md']
+    data = json.loads((tmp_path / 'sampler_cost-cpu.json').read_text())
+    recs = {r['setting']: r for r in data['records']}
+    assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
+                         'diffusion DDIM-2'}
+    for r in recs.values():
+        assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
+        assert 0.0 <= r['success'] <= 1.0
+    warm = recs['energyflow warm K=1']
+    assert warm['warm_steps'] == 1 and warm['cold_steps'] == 20 and warm['n_particles'] == 4
+    assert warm['warm_plans'] == warm['plans'] - 1     # only an episode's first chunk is cold
+    assert recs['diffusion DDIM-2']['n_particles'] == 1
+    assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
+
+
+def test_equal_success_allows_one_standard_error(bench):
+    def rec(success, n=30):
+        return {'success': success, 'episodes': n}
+    assert bench.equal_success(rec(0.9), rec(0.95))          # 1.5 of 30 episodes
+    assert not bench.equal_success(rec(0.5), rec(0.95))
+    assert bench.equal_success(rec(1.0), rec(0.2))           # more is never less
+    assert not bench.equal_success(rec(0.0, 2), rec(1.0, 2))
+
+
+def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--energy', str(tmp_path / 'nope.pt'), '--ddim-steps', ''])
+    assert exc.value.code == 2 and 'nope.pt: no such checkpoint' in capsys.readouterr().err
