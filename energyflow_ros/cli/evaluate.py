@@ -237,7 +237,8 @@ def _markdown(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]]
         columns = ['success', rows[0]['metric_name'], *extra]
         lines += [f'## {task}', '', (
             f'{s.get("mode", "?")} run on {s.get("machine", "?")}, torch {s.get("torch", "?")}, '
-            f'device {s.get("device", "?")}; seeds {s.get("seeds", "?")}, '
+            f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, seeds '
+            f'{s.get("seeds", "?")}, '
             f'{s.get("episodes", "?")} evaluation episodes per seed, reference '
             f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'), '']
         if task in TASK_TARGETS:
