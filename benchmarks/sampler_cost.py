@@ -11,10 +11,10 @@ collisions, and the planner's wall time per chunk. Episodes are interleaved acro
 every setting alike; compare settings by ratios within one run.
 
 Results: ``<out>/sampler_cost-<device>.json`` (one record per setting with keys ``setting,
-method, n_particles, cold_steps, warm_steps, episodes, success, collision, plans,
-p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference issue asks for:
-warm vs cold per-chunk cost at equal success, and the cheapest EnergyFlow setting that reaches
-the diffusion baseline's success vs that baseline's cost.
+method, n_particles, cold_steps, warm_steps, episodes, success, collision, plans, p50_ms,
+p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference
+issue asks for: warm vs cold per-chunk cost at equal success, and the cheapest EnergyFlow
+setting that reaches the diffusion baseline's success vs that baseline's cost.
 
 Usage: ``python benchmarks/sampler_cost.py [--episodes 30] [--energy CKPT] [--diffusion CKPT]``
 (``make sampler-cost``; about 15 minutes on 2 CPU cores).
@@ -206,8 +206,8 @@ def comparisons(recs: list[dict[str, Any]]) -> list[str]:
             lines.append(f"- Cheapest EnergyFlow setting at {base['setting']}'s success "
                          f"({base['success']:.2f}): {best['setting']} (success "
                          f"{best['success']:.2f}), {best['mean_ms']:.2f} ms vs "
-                         f"{base['mean_ms']:.2f} ms per chunk = {best['mean_ms'] / base['mean_ms']:.2f}x "
-                         "the baseline's cost.")
+                         f"{base['mean_ms']:.2f} ms per chunk = "
+                         f"{best['mean_ms'] / base['mean_ms']:.2f}x the baseline's cost.")
         else:
             lines.append(f"- No EnergyFlow setting reached {base['setting']}'s success "
                          f"({base['success']:.2f}).")
