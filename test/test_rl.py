@@ -13,6 +13,7 @@ from energyflow_ros.rl.chunk_env import (
     ChunkEnv, ChunkEnvConfig, chunk_scale, decode_chunk, encode_chunk,
 )
 from energyflow_ros.rl.reward_checks import check_reward
+from energyflow_ros.rl.train import SACConfig
 from energyflow_ros.rl.chunk_env import GOAL_BONUS
 from energyflow_ros.rl.rollouts import (
     expert_policy, expert_trajectories, rollout_return, tick_rollout,
@@ -95,9 +96,9 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
     for record in result['rl']:
         assert {'task', 'reward_source', 'seeds', 'env_steps', 'success_mean',
                 'success_std'} <= set(record)
-        assert record['env_steps'] == 120
+        assert record['env_steps'] == 120 and record['gamma'] == 0.99
     text = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
-    assert '| obstacles2d | airl | 120 |' in text
+    assert '| obstacles2d | airl | 0.99 | 120 |' in text
     # A second reward variant adds an energyflow row; the true-reward row is replaced.
     assert reward_eval.main(['--smoke', '--tasks', 'obstacles2d', '--no-checks', '--sources',
                              'true,energyflow', '--rl-variant', 'centered', '--out', out]) == 0
@@ -106,6 +107,12 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
     assert sorted((r['reward_source'], r.get('rl_variant')) for r in rl) == [
         ('airl', None), ('energyflow', 'centered'), ('energyflow', 'policy_value'),
         ('gail', None), ('true', None)]
+    # Another discount is another row, for every source.
+    assert reward_eval.main(['--smoke', '--tasks', 'obstacles2d', '--no-checks', '--sources',
+                             'true', '--gamma', '0.5', '--out', out]) == 0
+    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+        rl = json.load(handle)['rl']
+    assert sorted(r['gamma'] for r in rl if r['reward_source'] == 'true') == [0.5, 0.99]
 
 
 def test_bad_arguments_give_one_error_line(tmp_path, capsys):
@@ -115,6 +122,11 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reward_eval.main(['--env-steps', '0'])
     assert '--env-steps = 0: expected a positive integer' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reward_eval.main(['--gamma', '1.0'])
+    assert '--gamma 1.0: expected 0 <= gamma < 1' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='SACConfig.gamma = -0.1'):
+        SACConfig(gamma=-0.1)
     code = reward_eval.main(['--smoke', '--no-rl', '--sigmas', 'tiny', '--out', str(tmp_path)])
     assert code == 2
     assert "sigma 'tiny': expected 'min', 'rank' or a number" in capsys.readouterr().err

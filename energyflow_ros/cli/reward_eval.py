@@ -51,6 +51,7 @@ from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
+DEFAULT_GAMMA = SACConfig().gamma   # records written before gamma was a setting used it
 TASK_TICKS = {'obstacles2d': 60, 'pusht': 300}   # fixed episode length of the RL environment
 # Velocity segments per chunk in the RL action (chunk_env.py): obstacles2d's expert walks
 # straight legs, one velocity per 0.8 s chunk; Push-T's turns within a 1.6 s chunk.
@@ -73,6 +74,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                              'sigma) or numbers')
     parser.add_argument('--rl-sigma', default='rank', help='noise scale of the RL reward')
     parser.add_argument('--seeds', type=int, default=3, help='RL seeds per reward source')
+    parser.add_argument('--gamma', type=float, default=0.99,
+                        help='SAC discount per chunk step, the same for every reward source')
     parser.add_argument('--env-steps', type=int, default=20000,
                         help='environment (chunk) steps per RL run')
     parser.add_argument('--eval-episodes', type=int, default=30)
@@ -88,6 +91,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--smoke', action='store_true', help='tiny settings for a CI check')
     parser.add_argument('--out', default='benchmarks/results', help='where results go')
     args = parser.parse_args(argv)
+    if not 0.0 <= args.gamma < 1.0:
+        parser.error(f'--gamma {args.gamma}: expected 0 <= gamma < 1')
     tasks = args.tasks or ('obstacles2d' if args.smoke else ','.join(TASK_TICKS))
     args.tasks, args.sources = tasks.split(','), args.sources.split(',')
     args.rl_tasks = [] if args.no_rl else (args.rl_tasks.split(',') if args.rl_tasks
@@ -170,7 +175,9 @@ def run_checks(task: str, model: OnnxModel, config: ChunkEnvConfig, n_rollouts: 
 def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.Namespace
            ) -> list[dict[str, Any]]:
     """Every reward source x seed: one aggregated record per source."""
-    sac = SACConfig(learning_starts=50) if args.smoke else SACConfig()
+    sac = SACConfig(gamma=args.gamma)
+    if args.smoke:
+        sac = dataclasses.replace(sac, learning_starts=50)
     demos = expert_trajectories(config, list(range(args.demo_episodes)))
     reward = scaled_energy_reward(model, config, args.rl_variant,
                                   resolve_sigma(args.rl_sigma, model.metadata),
@@ -190,7 +197,8 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
-                  'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes}
+                  'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
+                  'gamma': args.gamma}
         if source == 'energyflow':
             record.update(rl_variant=args.rl_variant, rl_sigma=args.rl_sigma, model=model.path)
         print(f"  {task:<12} {source:<11} success {record['success_mean']:.3f} ± "
@@ -222,14 +230,15 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
               'seeds of each seed\'s evaluation episodes.', '',
-              '| task | reward source | env steps | seeds | eval episodes | success | '
-              'final progress | collision | train s |', '|---|---|---|---|---|---|---|---|---|']
+              '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
+              'final progress | collision | train s |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in result['rl']:
         source = r['reward_source']
         if source == 'energyflow':
             source += (f" (`{r.get('rl_variant')}` at sigma {r.get('rl_sigma')}"
                        + (f", `{r['model']}`" if r.get('model') else '') + ')')
-        lines.append(f"| {r['task']} | {source} | {r['env_steps']} | {len(r['seeds'])} | "
+        lines.append(f"| {r['task']} | {source} | {r.get('gamma', DEFAULT_GAMMA)} | "
+                     f"{r['env_steps']} | {len(r['seeds'])} | "
                      f"{r.get('eval_episodes')} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f} | "
                      f"{r['progress_mean']:.3f} | {r['collision_mean']:.2f} | "
@@ -247,10 +256,11 @@ def _check_key(record: dict[str, Any]) -> tuple:
 
 
 def _rl_key(record: dict[str, Any]) -> tuple:
+    gamma = record.get('gamma', DEFAULT_GAMMA)
     if record['reward_source'] != 'energyflow':
-        return record['task'], record['reward_source']
+        return record['task'], record['reward_source'], gamma
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
-            record.get('model'))
+            record.get('model'), gamma)
 
 
 def write_results(result: dict[str, Any], out: str) -> None:
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
               'rl_sigma': args.rl_sigma, 'sigmas': args.sigmas,
               'seeds': list(range(args.seeds)), 'env_steps': args.env_steps,
               'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
-              'check_rollouts': args.check_rollouts,
+              'gamma': args.gamma, 'check_rollouts': args.check_rollouts,
               'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
               'torch': torch.__version__}
     print(f'{PROG}: tasks {args.tasks} ({common["mode"]})', flush=True)
