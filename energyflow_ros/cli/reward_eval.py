@@ -231,7 +231,7 @@ def _markdown(result: dict[str, Any]) -> str:
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
               'seeds of each seed\'s evaluation episodes.', '',
               '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
-              'final progress | collision | train s |', '|---|---|---|---|---|---|---|---|---|---|']
+              'final progress | collision | train s |', '|---' * 10 + '|']
     for r in result['rl']:
         source = r['reward_source']
         if source == 'energyflow':
