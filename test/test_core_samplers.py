@@ -109,3 +109,21 @@ def test_warm_start_needs_fewer_steps_than_cold_start():
     warm = sampler.sample(obs, gen, init=near, n_steps=4)
     err = lambda r: (r.actions - energy.minimum(obs)).flatten(1).norm(dim=-1).mean()  # noqa
     assert err(warm) < 0.05 < err(cold)
+
+
+def test_ddim_clips_the_clean_estimate_where_alpha_bar_is_tiny():
+    from energyflow_ros.core.config import ConfigError, DDIMConfig
+    from energyflow_ros.core.samplers import ddim_update
+
+    x = torch.zeros(4, 8, 2)
+    eps = torch.full_like(x, -0.01)          # a 1 % error of the noise estimate
+    ab, ab_prev = 2.4e-7, 0.02               # the cosine schedule's first DDIM step
+    raw = ddim_update(x, eps, ab, ab_prev, clip=0.0)
+    clipped = ddim_update(x, eps, ab, ab_prev, clip=3.0)
+    assert raw.abs().max() > 2.5             # amplified 1/sqrt(ab) = 2000x, then shrunk
+    x0 = (clipped - (1 - ab_prev) ** 0.5 * (x - ab ** 0.5 * 3.0) / (1 - ab) ** 0.5)
+    assert torch.allclose(x0 / ab_prev ** 0.5, torch.full_like(x, 3.0), atol=1e-4)
+    same = ddim_update(x + 0.5, torch.zeros_like(x), 0.5, 1.0, clip=3.0)
+    assert torch.allclose(same, (x + 0.5) / 0.5 ** 0.5)  # inside the bound: untouched
+    with pytest.raises(ConfigError, match='clip_sample'):
+        DDIMConfig(clip_sample=-1.0)

@@ -272,16 +272,24 @@ class DDIMConfig:
     Attributes:
         train_steps: diffusion steps of the DDPM forward process (squared-cosine betas).
         sample_steps: DDIM steps at inference.
+        clip_sample: the predicted clean chunk is clipped to [-clip_sample, clip_sample]
+            (normalised action units) at every DDIM step; 0 disables. The squared-cosine
+            schedule ends at alpha_bar = 2.4e-7, so the first step's estimate divides the
+            network's error by 5e-4; unclipped, obstacles2d's diffusion policy wandered
+            (success 0.03). Diffusion Policy clips likewise (``clip_sample``).
     """
 
     train_steps: int = 100
     sample_steps: int = 10
+    clip_sample: float = 3.0
 
     def __post_init__(self) -> None:
         _positive_int('DDIMConfig', 'train_steps', self.train_steps)
         _positive_int('DDIMConfig', 'sample_steps', self.sample_steps)
         _require(self.sample_steps <= self.train_steps, 'DDIMConfig', 'sample_steps',
                  self.sample_steps, f'at most train_steps = {self.train_steps}')
+        _require(isinstance(self.clip_sample, (int, float)) and self.clip_sample >= 0,
+                 'DDIMConfig', 'clip_sample', self.clip_sample, 'a number >= 0')
 
 
 T = TypeVar('T')

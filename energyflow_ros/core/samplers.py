@@ -8,6 +8,7 @@ for warm starting from the previous tick's chunk (see :func:`shift_chunk`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Callable
 
 import torch
@@ -23,7 +24,7 @@ from energyflow_ros.core.schedules import DDPMSchedule, VESchedule
 __all__ = [
     'SampleResult', 'shift_chunk', 'select_lowest', 'langevin_refine', 'AnnealedLangevinSampler',
     'ProposalLangevinSampler', 'ProbabilityFlowSampler', 'DerivativeFreeSampler',
-    'DDIMSampler', 'RegressionSampler',
+    'DDIMSampler', 'RegressionSampler', 'ddim_steps', 'ddim_update',
 ]
 
 
@@ -209,6 +210,25 @@ class DerivativeFreeSampler:
         return select_lowest(e, a)
 
 
+def ddim_steps(train_steps: int, sample_steps: int) -> list[int]:
+    """The DDPM steps DDIM visits, from ``train_steps - 1`` down to 0."""
+    return torch.linspace(train_steps - 1, 0, sample_steps).round().long().tolist()
+
+
+def ddim_update(x: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float,
+                clip: float) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) from signal fraction ``ab`` to ``ab_prev``.
+
+    The clean estimate is clipped to [-clip, clip] (0: not clipped) and the noise estimate
+    recomputed from it, so the step stays consistent with what was kept.
+    """
+    x0 = (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
+    if clip > 0:
+        x0 = x0.clamp(-clip, clip)
+        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
+    return math.sqrt(ab_prev) * x0 + math.sqrt(1.0 - ab_prev) * eps
+
+
 class DDIMSampler:
     """Diffusion baseline: deterministic DDIM (eta = 0) with an epsilon-predicting network."""
 
@@ -223,13 +243,12 @@ class DDIMSampler:
         """One chunk per observation from N(0, I) noise; ``init`` is ignored (no warm start)."""
         b, sched = obs.shape[0], self.schedule
         x = torch.randn((b, *self.chunk_shape), generator=generator, device=obs.device)
-        ks = torch.linspace(sched.train_steps - 1, 0, self.cfg.sample_steps).round().long()
-        ab = sched.alpha_bar.to(obs.device)
-        for i, k in enumerate(ks.tolist()):
+        ks = ddim_steps(sched.train_steps, self.cfg.sample_steps)
+        ab = sched.alpha_bar.tolist()
+        for i, k in enumerate(ks):
             eps = self.denoiser(obs, x, sched.time(torch.full((b,), k, device=obs.device)))
-            x0 = (x - (1 - ab[k]).sqrt() * eps) / ab[k].sqrt()
-            ab_prev = ab[ks[i + 1]] if i + 1 < len(ks) else torch.tensor(1.0, device=obs.device)
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+            ab_prev = ab[ks[i + 1]] if i + 1 < len(ks) else 1.0
+            x = ddim_update(x, eps, ab[k], ab_prev, self.cfg.clip_sample)
         return SampleResult(x, torch.zeros(b, device=obs.device), x.unsqueeze(1))
 
 

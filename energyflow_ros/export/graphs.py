@@ -28,6 +28,7 @@ from energyflow_ros.core.methods import (
 )
 from energyflow_ros.core.networks import MLPEnergy
 from energyflow_ros.core.proposals import GaussianMixtureProposal
+from energyflow_ros.core.samplers import ddim_steps, ddim_update
 
 __all__ = [
     'activation_and_slope', 'MLPEnergyTerm', 'MixtureLogDensityTerm', 'ResidualEnergyTerm',
@@ -274,10 +275,10 @@ class DDIMGraph(nn.Module):
         super().__init__()
         self.denoiser = method.net
         sched = method.schedule
-        ks = torch.linspace(sched.train_steps - 1, 0, method.cfg.ddim.sample_steps)
-        self.steps = [int(k) for k in ks.round().long().tolist()]
+        self.steps = ddim_steps(sched.train_steps, method.cfg.ddim.sample_steps)
         self.alpha_bar = [float(a) for a in sched.alpha_bar.tolist()]
         self.times = [float(sched.time(torch.tensor(k))) for k in self.steps]
+        self.clip = float(method.cfg.ddim.clip_sample)
 
     def forward(self, obs: torch.Tensor, init: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = init[:, 0]
@@ -285,9 +286,8 @@ class DDIMGraph(nn.Module):
         t_col = torch.ones_like(obs[:, 0])
         for i, k in enumerate(self.steps):
             eps = self.denoiser(obs, x, t_col * self.times[i])
-            x0 = (x - math.sqrt(1.0 - ab[k]) * eps) / math.sqrt(ab[k])
             ab_prev = ab[self.steps[i + 1]] if i + 1 < len(self.steps) else 1.0
-            x = math.sqrt(ab_prev) * x0 + math.sqrt(1.0 - ab_prev) * eps
+            x = ddim_update(x, eps, ab[k], ab_prev, self.clip)
         energy, energies = _no_energy(x)
         return x, energy, x.unsqueeze(1), energies
 
