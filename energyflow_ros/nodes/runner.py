@@ -3,7 +3,10 @@
 With rclpy's own signal handlers the context is shut down inside the signal handler, so a
 timer callback that is already running can publish into a dead context and end the process
 with an error instead of a clean exit. Here SIGINT/SIGTERM raise KeyboardInterrupt in the main
-thread instead; the context stays valid until the node has been destroyed.
+thread instead; the context stays valid until the node has been destroyed. When the signal
+lands while rclpy's C++ code is converting a message into Python, pybind turns that
+KeyboardInterrupt into a RuntimeError ("Unable to convert call argument"); after a signal
+that error is the interrupt too (a fresh-clone test run caught reward_node exiting with 1).
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from rclpy.signals import SignalHandlerOptions
 
 __all__ = ['init_without_signal_handlers', 'spin_until_interrupted']
 
+_signalled: list[int] = []   # signals received since init_without_signal_handlers
+
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _signalled.append(signum)
     raise KeyboardInterrupt
 
 
 def init_without_signal_handlers(args: list[str] | None) -> None:
     """rclpy.init, with SIGINT and SIGTERM raising KeyboardInterrupt (no rclpy handlers)."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    _signalled.clear()
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
@@ -38,6 +45,9 @@ def spin_until_interrupted(make_node: Callable[[], Any], args: list[str] | None 
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if not _signalled:     # a real error, not an interrupt pybind re-raised
+            raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
