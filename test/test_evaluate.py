@@ -39,9 +39,9 @@ def test_smoke_run_writes_one_record_per_method(smoke):
     assert settings['mode'] == 'smoke' and settings['episodes'] == 2
     table = (root / 'results' / 'quality.md').read_text()
     assert '## obstacles2d' in table and 'Targets: EnergyFlow and R-NCE success' in table
-    assert ('| method | success | path_cost | collision | first_side_above | '
+    assert ('| method | seeds | success | path_cost | collision | first_side_above | '
             'first_side_below | n_modes |') in table
-    assert all(f'| {m} |' in table for m in METHODS)
+    assert all(f'| {m} | 2 |' in table for m in METHODS)
 
 
 def test_a_second_run_reuses_the_finished_training_runs(smoke):

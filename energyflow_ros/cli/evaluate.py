@@ -237,19 +237,19 @@ def _markdown(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]]
         columns = ['success', rows[0]['metric_name'], *extra]
         lines += [f'## {task}', '', (
             f'{s.get("mode", "?")} run on {s.get("machine", "?")}, torch {s.get("torch", "?")}, '
-            f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, seeds '
-            f'{s.get("seeds", "?")}, '
+            f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, '
             f'{s.get("episodes", "?")} evaluation episodes per seed, reference '
             f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'), '']
         if task in TASK_TARGETS:
             lines += [f'Targets: {TASK_TARGETS[task]}', '']
-        lines += ['| method | ' + ' | '.join(columns) + ' | params | train s | infer ms |',
-                  '|---' * (len(columns) + 4) + '|']
+        lines += ['| method | seeds | ' + ' | '.join(columns) + ' | params | train s | infer ms |',
+                  '|---' * (len(columns) + 5) + '|']
         for r in rows:
             cells = [_cell(r['success_mean'], r['success_std']),
                      _cell(r['metric_mean'], r['metric_std']),
                      *(_cell(r['metrics'][m]['mean'], r['metrics'][m]['std']) for m in extra)]
-            lines.append(f'| {r["method"]} | ' + ' | '.join(cells) + f' | {r["params"]:,} | '
+            lines.append(f'| {r["method"]} | {len(r["seeds"])} | ' + ' | '.join(cells)
+                         + f' | {r["params"]:,} | '
                          f'{r["train_s"]:.2f} | {r["infer_ms"]:.2f} |')
         lines.append('')
     return '\n'.join(lines)
