@@ -11,13 +11,13 @@ collisions, and the planner's wall time per chunk. Episodes are interleaved acro
 every setting alike; compare settings by ratios within one run.
 
 Results: ``<out>/sampler_cost-<device>.json`` (one record per setting with keys ``setting,
-method, n_particles, cold_steps, warm_steps, episodes, success, collision, plans, p50_ms,
-p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference
+method, n_particles, cold_steps, warm_steps, warm_extrapolation, episodes, success, collision,
+plans, p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference
 issue asks for: warm vs cold per-chunk cost at equal success, and the cheapest EnergyFlow
 setting that reaches the diffusion baseline's success vs that baseline's cost.
 
-Usage: ``python benchmarks/sampler_cost.py [--episodes 30] [--energy CKPT] [--diffusion CKPT]``
-(``make sampler-cost``; about 15 minutes on 2 CPU cores).
+Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]``
+(``make bench-sampler-cost``; about 5 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
 from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
-from energyflow_ros.runtime.planner import ChunkPlanner  # noqa: E402
+from energyflow_ros.runtime.planner import ChunkPlanner, WARM_EXTRAPOLATION  # noqa: E402
 from energyflow_ros.sim.registry import make_task  # noqa: E402
 from energyflow_ros.sim.rollout import rollout  # noqa: E402
 from energyflow_ros.training.checkpoint import load_checkpoint  # noqa: E402
@@ -60,6 +60,7 @@ class Setting:
     n_particles: int | None
     cold_steps: int
     warm_steps: int | None      # None: cold start every chunk
+    extrapolation: float = WARM_EXTRAPOLATION   # warm-start refill speed (0: hold)
     planner: ChunkPlanner | None = None
     success: list[float] = field(default_factory=list)
     collision: list[float] = field(default_factory=list)
@@ -103,10 +104,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='EnergyFlow checkpoint (trainer output)')
     parser.add_argument('--diffusion', default=f'{RUNS}/diffusion/seed0/final.pt',
                         help='diffusion-policy checkpoint of the same task and data')
-    parser.add_argument('--episodes', type=int, default=30, help='episodes per setting')
+    parser.add_argument('--episodes', type=int, default=50, help='episodes per setting')
     parser.add_argument('--cold-steps', default='20,10,5', help='EnergyFlow cold K values')
     parser.add_argument('--warm-steps', default='5,3,2',
                         help='warm-start K values (first chunk of an episode: cold K=20)')
+    parser.add_argument('--hold-steps', default='3',
+                        help='warm-start K values also run with the refill holding the last '
+                        'action (extrapolation 0), to compare with the default refill')
+    parser.add_argument('--warm-extrapolation', type=float, default=WARM_EXTRAPOLATION,
+                        help='refill speed of the shifted warm-start chunk')
     parser.add_argument('--ddim-steps', default='10,5,3', help='DDIM step counts')
     parser.add_argument('--particles', type=int, default=16, help='EnergyFlow particles N')
     parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
@@ -130,7 +136,9 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
     settings = [Setting(f'energyflow cold K={k}', 'energyflow', args.energy, args.particles, k,
                         None) for k in _ints(args.cold_steps)]
     settings += [Setting(f'energyflow warm K={k}', 'energyflow', args.energy, args.particles,
-                         20, k) for k in _ints(args.warm_steps)]
+                         20, k, args.warm_extrapolation) for k in _ints(args.warm_steps)]
+    settings += [Setting(f'energyflow warm K={k} hold', 'energyflow', args.energy,
+                         args.particles, 20, k, 0.0) for k in _ints(args.hold_steps)]
     settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)
                  for k in _ints(args.ddim_steps)]
     return settings
@@ -142,9 +150,13 @@ def export_settings(settings: list[Setting], folder: str, threads: int) -> None:
         path = os.path.join(folder, f'setting{i}.onnx')
         export_checkpoint(s.checkpoint, path, n_particles=s.n_particles, n_steps=s.cold_steps,
                           warm_steps=s.warm_steps)
-        model = load_model(path, providers=ProviderConfig(intra_op_threads=threads))
+        # No spinning: ten settings' sessions alternate here, and one session's spinning threads
+        # slow the next one's call (providers.py); a node runs one model.
+        model = load_model(path, providers=ProviderConfig(intra_op_threads=threads,
+                                                          allow_spinning=False))
         s.planner = ChunkPlanner(model, n_particles=s.n_particles,
-                                 warm_start=s.warm_steps is not None)
+                                 warm_start=s.warm_steps is not None,
+                                 warm_extrapolation=s.extrapolation)
 
 
 def run(settings: list[Setting], task_name: str, episodes: int) -> None:
@@ -170,7 +182,9 @@ def record(s: Setting) -> dict[str, Any]:
     """The result record of one setting."""
     times = np.asarray(s.plan_ms)
     return {'setting': s.name, 'method': s.method, 'n_particles': s.planner.n_particles,
-            'cold_steps': s.cold_steps, 'warm_steps': s.warm_steps, 'episodes': len(s.success),
+            'cold_steps': s.cold_steps, 'warm_steps': s.warm_steps,
+            'warm_extrapolation': s.extrapolation if s.warm_steps else None,
+            'episodes': len(s.success),
             'success': float(np.mean(s.success)), 'collision': float(np.mean(s.collision)),
             'plans': int(times.size), 'p50_ms': float(np.percentile(times, 50)),
             'p99_ms': float(np.percentile(times, 99)), 'mean_ms': float(times.mean()),
@@ -223,19 +237,28 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
            f"`{info['diffusion']}`. {info['episodes']} episodes per setting (seeds from "
            f'{EVAL_SEED}, interleaved across settings); time = the runtime planner call '
            '(normalise, fused ONNX sampler, denormalise) per chunk.', '',
-           '| setting | N | cold K | warm K | success | collision | plans | p50 ms | p99 ms | '
-           'mean ms |', '|' + '---|' * 10]
+           '| setting | N | cold K | warm K | refill | success | collision | plans | p50 ms | '
+           'p99 ms | mean ms |', '|' + '---|' * 11]
     for r in recs:
         out.append(f"| {r['setting']} | {r['n_particles']} | {r['cold_steps']} | "
-                   f"{r['warm_steps'] or '-'} | {r['success']:.2f} | {r['collision']:.2f} | "
+                   f"{r['warm_steps'] or '-'} | {_refill(r)} | {r['success']:.2f} | "
+                   f"{r['collision']:.2f} | "
                    f"{r['plans']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                    f"{r['mean_ms']:.2f} |")
     notes = ['Warm settings start each episode cold (K=20) and every later chunk from the '
-             'previous one, shifted by the executed steps and re-noised; their mean includes '
-             'the cold first chunk.',
-             "'Equal success': within one binomial standard error of the difference (or higher)."]
+             'previous one, shifted by the executed steps, refilled at the end by continuing '
+             'its last step at the given fraction of its speed ("hold": 0, the last action '
+             'repeated) and re-noised; their mean includes the cold first chunk.',
+             "'Equal success': within one binomial standard error of the difference (or higher).",
+             'onnxruntime sessions run without thread spinning: the settings alternate, and a '
+             "session's spinning threads would slow the next session's call."]
     return '\n'.join(out + ['', '## Same-run ratios', ''] + lines + ['', '## Notes', ''] +
                      [f'- {n}' for n in notes]) + '\n'
+
+
+def _refill(r: dict[str, Any]) -> str:
+    extrapolation = r.get('warm_extrapolation')
+    return '-' if extrapolation is None else 'hold' if extrapolation == 0 else f'{extrapolation:g}'
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,20 +44,25 @@ def checkpoints(tmp_path_factory):
 def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys):
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
-                       '--warm-steps', '1', '--ddim-steps', '2', '--particles', '4',
+                       '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2', '--particles', '4',
                        '--threads', '1', '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-cpu.json', 'sampler_cost-cpu.md']
     data = json.loads((tmp_path / 'sampler_cost-cpu.json').read_text())
     recs = {r['setting']: r for r in data['records']}
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
-                         'diffusion DDIM-2'}
+                         'energyflow warm K=1 hold', 'diffusion DDIM-2'}
     for r in recs.values():
         assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
         assert 0.0 <= r['success'] <= 1.0
     warm = recs['energyflow warm K=1']
     assert warm['warm_steps'] == 1 and warm['cold_steps'] == 20 and warm['n_particles'] == 4
     assert warm['warm_plans'] == warm['plans'] - 1     # only an episode's first chunk is cold
+    assert warm['warm_extrapolation'] == bench.WARM_EXTRAPOLATION
+    assert recs['energyflow warm K=1 hold']['warm_extrapolation'] == 0.0
+    assert recs['energyflow cold K=4']['warm_extrapolation'] is None
+    table = (tmp_path / 'sampler_cost-cpu.md').read_text()
+    assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
     assert recs['diffusion DDIM-2']['n_particles'] == 1
     assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
 

@@ -106,20 +106,35 @@ def test_warm_start_shifts_the_previous_best_chunk(tiny, monkeypatch):
     graph, feeds = calls[-1]
     assert graph == 'warm_sampler' and second.warm
     assert feeds['sigmas'].shape == (meta.sampler.warm.n_steps,)
-    _assert_jittered_copies(feeds, shift_chunk(first.normalized_actions, meta.executed_steps),
+    _assert_jittered_copies(feeds, shift_chunk(first.normalized_actions, meta.executed_steps,
+                                                    planner.warm_extrapolation),
                             meta.sampler.warm.init_std)
     planner.plan(history, shift=1)
-    _assert_jittered_copies(calls[-1][1], shift_chunk(second.normalized_actions, 1),
+    _assert_jittered_copies(calls[-1][1], shift_chunk(second.normalized_actions, 1,
+                                                    planner.warm_extrapolation),
                             meta.sampler.warm.init_std)
     planner.reset()
     assert not planner.plan(history).warm
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f'warm_extrapolation = {bad} must be in'):
+            ChunkPlanner(model, warm_extrapolation=bad)
 
 
 def test_shift_chunk_matches_the_torch_warm_start():
     chunk = np.arange(24, dtype=np.float32).reshape(2, 6, 2)
     for executed in (0, 1, 3, 6, 9):
-        np.testing.assert_array_equal(
-            shift_chunk(chunk, executed), torch_shift_chunk(torch.tensor(chunk), executed).numpy())
+        for extrapolation in (0.0, 0.5, 1.0):
+            np.testing.assert_array_equal(
+                shift_chunk(chunk, executed, extrapolation),
+                torch_shift_chunk(torch.tensor(chunk), executed, extrapolation).numpy())
+
+
+def test_shift_chunk_refills_by_holding_or_continuing_the_last_step():
+    ramp = np.stack([np.arange(6.0), np.zeros(6)], axis=-1)      # x moves 1 per step
+    np.testing.assert_array_equal(shift_chunk(ramp, 2)[:, 0], [2, 3, 4, 5, 5, 5])
+    np.testing.assert_array_equal(shift_chunk(ramp, 2, 1.0)[:, 0], [2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(shift_chunk(ramp, 2, 0.5)[:, 0], [2, 3, 4, 5, 5.5, 6])
+    assert not shift_chunk(ramp, 2, 1.0)[:, 1].any(), 'a still dimension stays still'
 
 
 def test_mixture_sampling_follows_weights_means_and_stds():

@@ -87,7 +87,7 @@ def test_warm_start_passes_the_shifted_previous_chunk_as_particles():
     assert cold is None
     first = RecordingSampler().sample(torch.zeros(1, 4)).actions
     assert warm.shape == (1, 3, 4, 2), 'as many copies as cold-start particles'
-    assert torch.equal(warm[:, 0], shift_chunk(first, 2))
+    assert torch.equal(warm[:, 0], shift_chunk(first, 2, policy.warm_extrapolation))
     cold_policy = _policy(executed=2)
     for _ in range(3):
         cold_policy(np.zeros(2))

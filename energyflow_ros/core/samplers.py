@@ -43,16 +43,22 @@ class SampleResult:
     particles: torch.Tensor
 
 
-def shift_chunk(chunk: torch.Tensor, executed: int) -> torch.Tensor:
-    """Drop the first ``executed`` steps of chunks (..., H, A) and repeat the last step to refill.
+def shift_chunk(chunk: torch.Tensor, executed: int, extrapolation: float = 0.0) -> torch.Tensor:
+    """Drop the first ``executed`` steps of chunks (..., H, A) and refill at the end.
 
-    This is the warm start: the previous plan, advanced by what was executed.
+    This is the warm start: the previous plan, advanced by what was executed. The k-th refilled
+    step is ``last + k * extrapolation * (last - second_last)`` (0 repeats the last step), as
+    in the runtime's numpy twin.
     """
     if executed <= 0:
         return chunk
     h = chunk.shape[-2]
     executed = min(executed, h - 1)
-    tail = chunk[..., -1:, :].expand(*chunk.shape[:-2], executed, chunk.shape[-1])
+    last = chunk[..., -1:, :]
+    tail = last.expand(*chunk.shape[:-2], executed, chunk.shape[-1])
+    if extrapolation and h > 1:
+        k = torch.arange(1, executed + 1, dtype=chunk.dtype, device=chunk.device)[:, None]
+        tail = tail + (extrapolation * k) * (last - chunk[..., -2:-1, :])
     return torch.cat([chunk[..., executed:, :], tail], dim=-2)
 
 

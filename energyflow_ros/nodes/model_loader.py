@@ -101,7 +101,8 @@ def load_policy_model(p: dict[str, Any]) -> LoadedModel:
 
     Args:
         p: the node's parameter values (``model_path``, ``provider.*``,
-            ``sampler.n_particles``, ``sampler.warm_start``, ``seed``).
+            ``sampler.n_particles``, ``sampler.warm_start``, ``sampler.warm_extrapolation``,
+            ``seed``).
 
     Raises:
         ConfigError: the model cannot be loaded or planned with.
@@ -110,7 +111,8 @@ def load_policy_model(p: dict[str, Any]) -> LoadedModel:
     model = load_onnx(p['model_path'], p)
     try:
         planner = ChunkPlanner(model, n_particles=p['sampler.n_particles'] or None,
-                               seed=p['seed'], warm_start=p['sampler.warm_start'])
+                               seed=p['seed'], warm_start=p['sampler.warm_start'],
+                               warm_extrapolation=p['sampler.warm_extrapolation'])
     except ValueError as exc:
         raise ConfigError(f"{p['model_path']}: {exc}") from exc
 

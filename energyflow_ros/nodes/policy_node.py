@@ -50,6 +50,7 @@ from energyflow_ros.nodes.params import (command_qos, declare, declare_observati
 from energyflow_ros.nodes.runner import init_without_signal_handlers
 from energyflow_ros.nodes.worker import PlanningWorker
 from energyflow_ros.runtime.chunk_queue import ChunkQueue, Plan
+from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
 from energyflow_ros.runtime.safety import JointCommandFilter, JointLimits
 
 __all__ = ['PolicyNode', 'main']
@@ -121,6 +122,10 @@ class PolicyNode(AutostartMixin, LifecycleNode):
                                      '(0: the model\'s)', (0, 1_000_000)),
             'sampler.warm_start': d(self, 'sampler.warm_start', True,
                                     'start each plan from the previous chunk'),
+            'sampler.warm_extrapolation': d(self, 'sampler.warm_extrapolation',
+                                            WARM_EXTRAPOLATION, 'refill speed of the shifted '
+                                            'warm-start chunk, as a fraction of its last '
+                                            'step (0: repeat the last action)', (0.0, 1.0)),
             'seed': d(self, 'seed', 0, 'seed of the sampler noise', (0, 2**31 - 1)),
             'temporal_ensemble.size': d(self, 'temporal_ensemble.size', 1, 'chunks averaged '
                                         '(1: newest only)', (1, 64)),

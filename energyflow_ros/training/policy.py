@@ -17,6 +17,7 @@ import torch
 
 from energyflow_ros.core.methods import Method
 from energyflow_ros.core.samplers import shift_chunk
+from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
 from energyflow_ros.data.dataset import Normalizer
 
 __all__ = ['ChunkPolicy', 'evaluate_chunk_policy']
@@ -38,7 +39,8 @@ class ChunkPolicy:
                  action_low: Sequence[float] | None = None,
                  action_high: Sequence[float] | None = None, warm_start: bool = False,
                  warm_particles: int | None = None, seed: int = 0,
-                 device: str | torch.device = 'cpu') -> None:
+                 device: str | torch.device = 'cpu',
+                 warm_extrapolation: float = WARM_EXTRAPOLATION) -> None:
         """Wrap ``method``.
 
         Args:
@@ -54,6 +56,7 @@ class ChunkPolicy:
                 count of the episode).
             seed: seed of the sampling generator (reset() does not reseed it).
             device: where the method runs.
+            warm_extrapolation: refill speed of the shifted chunk, as the runtime planner's.
 
         Raises:
             ValueError: inconsistent sizes or an executed_steps outside 1 .. horizon.
@@ -75,6 +78,7 @@ class ChunkPolicy:
         self.n_obs, self.frame_dim = n_obs, obs_dim // n_obs
         self.executed_steps, self.warm_start = executed_steps, warm_start
         self.warm_particles = warm_particles
+        self.warm_extrapolation = float(warm_extrapolation)
         low = -np.inf if action_low is None else np.asarray(action_low, dtype=np.float64)
         high = np.inf if action_high is None else np.asarray(action_high, dtype=np.float64)
         self.low, self.high = low, high
@@ -107,7 +111,7 @@ class ChunkPolicy:
     def _initial_particles(self) -> torch.Tensor | None:
         if not self.warm_start or self._previous is None:
             return None
-        shifted = shift_chunk(self._previous, self.executed_steps)
+        shifted = shift_chunk(self._previous, self.executed_steps, self.warm_extrapolation)
         count = self.warm_particles or self._cold_particles or 1
         return shifted.unsqueeze(1).expand(shifted.shape[0], count, *shifted.shape[1:])
 
