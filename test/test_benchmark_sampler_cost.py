@@ -44,8 +44,8 @@ def checkpoints(tmp_path_factory):
 def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys):
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
-                       '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2', '--particles', '4',
-                       '--threads', '1', '--out', str(tmp_path)]) == 0
+                       '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
+                       '--particles', '4', '--threads', '1', '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-cpu.json', 'sampler_cost-cpu.md']
     data = json.loads((tmp_path / 'sampler_cost-cpu.json').read_text())

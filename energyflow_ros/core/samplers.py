@@ -188,7 +188,7 @@ class ProbabilityFlowSampler:
 
 
 class DerivativeFreeSampler:
-    """IBC's derivative-free optimiser: uniform samples, softmax(-E) resampling, shrinking noise."""
+    """IBC's derivative-free optimiser: uniform draws, softmax(-E) resampling, shrinking noise."""
 
     def __init__(self, energy: EnergyFn, low: torch.Tensor, high: torch.Tensor,
                  cfg: DFOConfig) -> None:
