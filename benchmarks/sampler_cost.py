@@ -13,11 +13,11 @@ every setting alike; compare settings by ratios within one run.
 Results: ``<out>/sampler_cost-<device>.json`` (one record per setting with keys ``setting,
 method, n_particles, cold_steps, warm_steps, warm_extrapolation, episodes, success, collision,
 plans, p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios
-the inference issue asks for: warm vs cold per-chunk cost at equal success, and the cheapest EnergyFlow
-setting that reaches the diffusion baseline's success vs that baseline's cost.
+the inference issue asks for: warm vs cold per-chunk cost at equal success, and the cheapest
+EnergyFlow setting that reaches the diffusion baseline's success vs that baseline's cost.
 
 Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]``
-(``make bench-sampler-cost``; about 5 minutes on 2 CPU cores).
+(``make bench-sampler-cost``; about 2 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
