@@ -193,7 +193,7 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
         success = [r['success'] for r in runs]
         record = {'task': task, 'reward_source': source, 'seeds': list(range(args.seeds)),
                   'env_steps': args.env_steps, 'success_mean': statistics.fmean(success),
-                  'success_std': statistics.pstdev(success),
+                  'success_std': statistics.pstdev(success), 'success_per_seed': success,
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
@@ -229,7 +229,8 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{scales} | {r['n_rollouts']} | {r['n_pairs']} |")
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
-              'seeds of each seed\'s evaluation episodes.', '',
+              'seeds of each seed\'s evaluation episodes (each seed\'s success in brackets '
+              'where recorded).', '',
               '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
               'final progress | collision | train s |', '|---' * 10 + '|']
     for r in result['rl']:
@@ -240,10 +241,16 @@ def _markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['task']} | {source} | {r.get('gamma', DEFAULT_GAMMA)} | "
                      f"{r['env_steps']} | {len(r['seeds'])} | "
                      f"{r.get('eval_episodes')} | "
-                     f"{r['success_mean']:.3f} ± {r['success_std']:.3f} | "
+                     f"{r['success_mean']:.3f} ± {r['success_std']:.3f}{_per_seed(r)} | "
                      f"{r['progress_mean']:.3f} | {r['collision_mean']:.2f} | "
                      f"{r['train_s']:.0f} |")
     return '\n'.join(lines) + '\n'
+
+
+def _per_seed(record: dict[str, Any]) -> str:
+    """' (1.00 / 0.95 / 0.00)' when the record has per-seed success (older ones do not)."""
+    values = record.get('success_per_seed')
+    return f" ({' / '.join(f'{v:.2f}' for v in values)})" if values else ''
 
 
 def _order(name: str) -> int:
