@@ -124,6 +124,20 @@ def test_every_method_exports_a_family_that_matches_torch(tmp_path, name):
                                                   for g in written)
 
 
+def test_diffusion_export_unrolls_the_requested_ddim_steps(tmp_path):
+    # n_steps used to be ignored for diffusion: every "DDIM-k" export ran the trained count.
+    default, method = export_tiny(str(tmp_path / 'default'), 'diffusion')
+    fewer, _ = export_tiny(str(tmp_path / 'fewer'), 'diffusion', n_steps=2)
+    assert _metadata(default).sampler.ddim_steps == 4 == _metadata(default).sampler.n_steps
+    assert _metadata(fewer).sampler.ddim_steps == 2
+    count = {p: sum(n.op_type == 'Gemm' or n.op_type == 'MatMul'
+                    for n in onnx.load(p).graph.node) for p in (default, fewer)}
+    assert count[default] == 2 * count[fewer] > 0           # one denoiser call per step
+    assert set(_metadata(fewer).extra['parity']) == {'sampler'}   # against 2-step torch DDIM
+    with pytest.raises(ExportError, match='at most the 20 training steps'):
+        export_tiny(str(tmp_path / 'bad'), 'diffusion', n_steps=21)
+
+
 def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_path):
     path, method = export_tiny(str(tmp_path), 'energyflow', n_steps=5)
     meta = _metadata(path)

@@ -75,7 +75,11 @@ def test_missing_and_non_onnx_files_raise_specific_errors(tmp_path, family):
 
 def test_unknown_format_version_and_bad_metadata(tmp_path, family):
     path = _copy_family(family['energyflow'], str(tmp_path))
-    _rewrite_metadata(path, format_version=99)
+    sampler = read_metadata(path).sampler.to_dict()
+    _rewrite_metadata(path, sampler={**sampler, 'ddim_steps': 0})
+    with pytest.raises(ModelMetadataError, match='sampler.ddim_steps = 0'):
+        read_metadata(path)
+    _rewrite_metadata(path, sampler=sampler, format_version=99)
     with pytest.raises(ModelVersionError, match='version 99 is not supported'):
         load_model(path)
     _rewrite_metadata(path, format_version=1, horizon='many')

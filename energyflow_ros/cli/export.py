@@ -56,7 +56,7 @@ def summary(out: str, metadata: ModelMetadata) -> str:
     s = metadata.sampler
     lines = [f'exported {metadata.method} ({metadata.task or "no task"}) -> {out}',
              f'  sampler: {s.kind}, N={s.n_particles}, init={s.init}'
-             + (f', K={s.cold.n_steps}' if s.cold else '')
+             + (f', K={s.n_steps}' if s.n_steps else '')
              + (f', warm K={s.warm.n_steps}' if s.warm else ''),
              f'  chunk {metadata.horizon} x {metadata.action_dim} '
              f'({", ".join(metadata.joint_names)}), {metadata.executed_steps} executed, every '

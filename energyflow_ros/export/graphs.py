@@ -271,11 +271,11 @@ class DDIMGraph(nn.Module):
     particles (B, 1, H, A), energies (B, 1) zeros. Same arithmetic as ``DDIMSampler``.
     """
 
-    def __init__(self, method: DiffusionMethod) -> None:
+    def __init__(self, method: DiffusionMethod, sample_steps: int | None = None) -> None:
         super().__init__()
         self.denoiser = method.net
         sched = method.schedule
-        self.steps = ddim_steps(sched.train_steps, method.cfg.ddim.sample_steps)
+        self.steps = ddim_steps(sched.train_steps, sample_steps or method.cfg.ddim.sample_steps)
         self.alpha_bar = [float(a) for a in sched.alpha_bar.tolist()]
         self.times = [float(sched.time(torch.tensor(k))) for k in self.steps]
         self.clip = float(method.cfg.ddim.clip_sample)

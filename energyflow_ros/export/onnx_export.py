@@ -66,7 +66,8 @@ def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto
     method = method.cpu().eval()
     obs, actions, sigma = _example(method)
     if spec.kind == 'ddim':
-        return {'sampler': to_onnx(DDIMGraph(method), (obs, actions[:, :1]), ['obs', 'init'],
+        graph = DDIMGraph(method, spec.ddim_steps)
+        return {'sampler': to_onnx(graph, (obs, actions[:, :1]), ['obs', 'init'],
                                    SAMPLER_OUTPUTS, {'obs': {0: 'B'}, 'init': {0: 'B'}})}
     if spec.kind == 'regression':
         return {'sampler': to_onnx(RegressionGraph(method), (obs,), ['obs'], SAMPLER_OUTPUTS,

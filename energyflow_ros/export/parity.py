@@ -8,7 +8,7 @@ elementwise against ``atol + rtol * |torch|`` and requires the same chosen parti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from energyflow_ros.core.energy import candidate_energies, candidate_energies_and_grads
 from energyflow_ros.core.methods import Method, RNCEMethod
-from energyflow_ros.core.samplers import SampleResult, select_lowest
+from energyflow_ros.core.samplers import DDIMSampler, SampleResult, select_lowest
 from energyflow_ros.export.graphs import is_sigma_conditioned
 from energyflow_ros.runtime.model_format import SamplerSpec, StepSchedule
 
@@ -170,11 +170,14 @@ def _sampler_parity(method: Method, model: onnx.ModelProto, graph: str,
                             (energy, ref_e.min(dim=1).values)], rtol, same)
 
 
-def _ddim_parity(method: Method, model: onnx.ModelProto, seed: int, rtol: float) -> GraphParity:
+def _ddim_parity(method: Method, model: onnx.ModelProto, steps: int | None, seed: int,
+                 rtol: float) -> GraphParity:
     h, a = method.chunk_shape
     obs = torch.randn((_B, method.spec.obs_dim), generator=torch.Generator().manual_seed(seed))
     init = torch.randn((_B, h, a), generator=torch.Generator().manual_seed(seed + 1))
-    ref = method.sampler().sample(obs, torch.Generator().manual_seed(seed + 1))
+    cfg = replace(method.cfg.ddim, sample_steps=steps or method.cfg.ddim.sample_steps)
+    sampler = DDIMSampler(method.net, method.schedule, cfg, method.chunk_shape)
+    ref = sampler.sample(obs, torch.Generator().manual_seed(seed + 1))
     out = _session(model).run(['action', 'particles'], {'obs': obs.numpy(),
                                                         'init': init.unsqueeze(1).numpy()})
     return _compare('sampler', [(out[0], ref.actions), (out[1], ref.particles)], rtol)
@@ -215,7 +218,7 @@ def check_parity(method: Method, models: dict[str, onnx.ModelProto], spec: Sampl
     gen = torch.Generator().manual_seed(seed)
     results: list[GraphParity] = []
     if spec.kind == 'ddim':
-        results.append(_ddim_parity(method, models['sampler'], seed, rtol))
+        results.append(_ddim_parity(method, models['sampler'], spec.ddim_steps, seed, rtol))
     elif spec.kind == 'regression':
         obs = torch.randn((_B, method.spec.obs_dim), generator=gen)
         with torch.no_grad():

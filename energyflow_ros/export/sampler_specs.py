@@ -15,7 +15,8 @@ torch side of the same unrolling):
   ``s_k`` decayed polynomially (power 2) from 1e-1 to 1e-5, Gaussian cold start. IBC's
   derivative-free optimiser (its default sampler) resamples and is not exported; the action
   clipping of IBC's Langevin is left to the runtime's safety filter.
-* Diffusion: DDIM (kind ``'ddim'``); MSE: regression (kind ``'regression'``).
+* Diffusion: DDIM (kind ``'ddim'``; ``n_steps`` sets its step count, recorded as
+  ``ddim_steps``); MSE: regression (kind ``'regression'``).
 """
 
 from __future__ import annotations
@@ -140,7 +141,11 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f'{name} = {value!r} is invalid: expected a positive integer')
     if isinstance(method, DiffusionMethod):
-        return SamplerSpec('ddim', 1, 'gaussian', 0.0)
+        k, train_steps = n_steps or method.cfg.ddim.sample_steps, method.cfg.ddim.train_steps
+        if k > train_steps:
+            raise ValueError(f'n_steps = {k}: DDIM takes at most the {train_steps} training '
+                             'steps of the diffusion schedule')
+        return SamplerSpec('ddim', 1, 'gaussian', 0.0, ddim_steps=k)
     if isinstance(method, MSEMethod):
         return SamplerSpec('regression', 1, 'none', 0.0)
     builders = [(EnergyFlowMethod, _energyflow), (InterpolatingRNCEMethod, _irnce),

@@ -140,6 +140,8 @@ class SamplerSpec:
         rank_sigma: sigma at which particles are ranked (and the reward is evaluated).
         cold: schedule of the ``sampler`` graph (None for ddim/regression).
         warm: schedule of the ``warm_sampler`` graph (None when not exported).
+        ddim_steps: DDIM steps unrolled into a ``ddim`` sampler graph (None otherwise; models
+            exported before it was recorded lack it).
     """
 
     kind: str
@@ -148,6 +150,12 @@ class SamplerSpec:
     rank_sigma: float
     cold: StepSchedule | None = None
     warm: StepSchedule | None = None
+    ddim_steps: int | None = None
+
+    @property
+    def n_steps(self) -> int | None:
+        """Unrolled steps of the cold ``sampler`` graph (None for regression)."""
+        return self.cold.n_steps if self.cold is not None else self.ddim_steps
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'SamplerSpec':
@@ -165,14 +173,18 @@ class SamplerSpec:
         warm = StepSchedule.from_dict(data['warm'], 'sampler.warm') if data.get('warm') else None
         _require(kind != 'gradient' or cold is not None,
                  'metadata sampler.cold is required for a gradient sampler')
-        return cls(kind, n, init, float(data.get('rank_sigma', 0.0)), cold, warm)
+        ddim_steps = data.get('ddim_steps')
+        _require(ddim_steps is None or (isinstance(ddim_steps, int) and ddim_steps > 0),
+                 f'metadata sampler.ddim_steps = {ddim_steps!r}: expected a positive integer')
+        return cls(kind, n, init, float(data.get('rank_sigma', 0.0)), cold, warm, ddim_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {'kind': self.kind, 'n_particles': self.n_particles, 'init': self.init,
                 'rank_sigma': self.rank_sigma,
                 'cold': self.cold.to_dict() if self.cold else None,
-                'warm': self.warm.to_dict() if self.warm else None}
+                'warm': self.warm.to_dict() if self.warm else None,
+                'ddim_steps': self.ddim_steps}
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ class ChunkPlanner:
 def describe(metadata: ModelMetadata) -> str:
     """One line naming the model: method, task, sampler, shapes."""
     s = metadata.sampler
-    steps = f', K={s.cold.n_steps}' if s.cold else ''
+    steps = f', K={s.n_steps}' if s.n_steps else ''
     return (f'{metadata.method} model for {metadata.task or "?"}: {s.kind} sampler N='
             f'{s.n_particles}{steps}, chunk {metadata.horizon}x{metadata.action_dim}, '
             f'{metadata.n_obs} obs frames of {len(metadata.obs_names)}')
