@@ -12,7 +12,7 @@ STAMP := $(VENV)/.requirements.stamp
 
 .PHONY: venv demo test density-demo model eval eval-smoke reward-eval reward-eval-smoke \
 	reward-model-pusht reward-model-joint \
-	bench-latency bench-ros-loop bench-sampler-cost colcon-build clean
+	bench-latency bench-ros-loop bench-sampler-cost bench-sampler-cost-pusht colcon-build clean
 
 venv: $(STAMP)
 
@@ -81,10 +81,16 @@ bench-latency: venv
 bench-ros-loop: venv
 	$(PY) benchmarks/ros_loop.py $(ARGS)
 
-# Per-chunk cost at equal success (EnergyFlow cold / warm vs DDIM) on the quality runs'
+# Per-chunk cost at equal quality (EnergyFlow cold / warm vs DDIM) on the quality runs'
 # obstacles2d checkpoints (make eval ARGS="--tasks obstacles2d" first); ~15 min on 2 cores.
 bench-sampler-cost: venv
 	$(PY) benchmarks/sampler_cost.py $(ARGS)
+
+# The same on the Push-T runs (README: the CPU-sized 60k-step quality runs); ~30 min on 2 cores.
+PUSHT_RUNS ?= outputs/eval_runs/pusht_cpu60k/full/pusht
+bench-sampler-cost-pusht: venv
+	$(PY) benchmarks/sampler_cost.py --energy $(PUSHT_RUNS)/energyflow/seed0/final.pt \
+		--diffusion $(PUSHT_RUNS)/diffusion/seed0/final.pt $(ARGS)
 
 colcon-build: venv
 	$(VENV)/bin/colcon build --base-paths . --build-base build --install-base install

@@ -45,23 +45,30 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
-                       '--particles', '4', '--threads', '1', '--out', str(tmp_path)]) == 0
+                       '--particles', '4', '--lean-warm', '2:1', '--threads', '1',
+                       '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == ['sampler_cost-cpu.json', 'sampler_cost-cpu.md']
-    data = json.loads((tmp_path / 'sampler_cost-cpu.json').read_text())
+    assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
+                                            'sampler_cost-obstacles2d-cpu.md']
+    data = json.loads((tmp_path / 'sampler_cost-obstacles2d-cpu.json').read_text())
     recs = {r['setting']: r for r in data['records']}
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
-                         'energyflow warm K=1 hold', 'diffusion DDIM-2'}
+                         'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
+                         'diffusion DDIM-2'}
     for r in recs.values():
         assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
-        assert 0.0 <= r['success'] <= 1.0
+        assert 0.0 <= r['success'] <= 1.0 and 0.0 <= r['collision'] <= 1.0
+        assert r['metric_name'] == 'path_cost' and r['metric_mean'] >= 0 <= r['metric_std']
     warm = recs['energyflow warm K=1']
     assert warm['warm_steps'] == 1 and warm['cold_steps'] == 20 and warm['n_particles'] == 4
     assert warm['warm_plans'] == warm['plans'] - 1     # only an episode's first chunk is cold
     assert warm['warm_extrapolation'] == bench.WARM_EXTRAPOLATION
     assert recs['energyflow warm K=1 hold']['warm_extrapolation'] == 0.0
     assert recs['energyflow cold K=4']['warm_extrapolation'] is None
-    table = (tmp_path / 'sampler_cost-cpu.md').read_text()
+    lean = recs['energyflow warm K=1 N=2']
+    assert (lean['n_particles'], lean['warm_steps']) == (2, 1)
+    table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
+    assert '| collision | path cost | plans |' in table
     assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
     assert recs['diffusion DDIM-2']['n_particles'] == 1
     assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
@@ -76,7 +83,52 @@ def test_equal_success_allows_one_standard_error(bench):
     assert not bench.equal_success(rec(0.0, 2), rec(1.0, 2))
 
 
+def test_equal_quality_also_needs_the_headline_metric(bench):
+    def rec(success, coverage, std=0.1, n=50, name='max_coverage'):
+        return {'success': success, 'episodes': n, 'metric_name': name,
+                'metric_mean': coverage, 'metric_std': std}
+    assert bench.equal_quality(rec(0.0, 0.36), rec(0.02, 0.37))     # 0.01 < one SE (0.02)
+    assert not bench.equal_quality(rec(0.0, 0.30), rec(0.02, 0.37))
+    assert bench.equal_quality(rec(0.0, 0.50), rec(0.02, 0.37))     # more is never less
+    assert not bench.equal_quality(rec(0.5, 0.9), rec(1.0, 0.9))    # success still counts
+    # obstacles2d's path cost is reported, not a gate: a longer path is still a success;
+    # collisions are a gate, where the task has them
+    assert not bench.equal_quality({**rec(1.0, 0.1), 'collision': 0.9},
+                                   {**rec(1.0, 0.1), 'collision': 0.3})
+    assert bench.equal_quality({**rec(1.0, 0.1), 'collision': 0.3},
+                               {**rec(1.0, 0.1), 'collision': 0.36})
+    assert bench.equal_quality({**rec(1.0, 0.1), 'collision': None}, rec(1.0, 0.1))
+    assert bench.equal_quality(rec(1.0, 0.2, name='path_cost'), rec(1.0, 0.1, name='path_cost'))
+
+
+def test_the_baseline_is_its_cheapest_setting_at_its_reference_quality(bench):
+    def rec(name, success, ms, warm=None):
+        return {'setting': name, 'method': name.split()[0], 'success': success, 'episodes': 50,
+                'metric_name': 'path_cost', 'mean_ms': ms, 'p99_ms': ms, 'warm_steps': warm,
+                'warm_mean_ms': ms}
+    recs = [rec('energyflow cold', 1.0, 4.0), rec('energyflow warm', 0.98, 0.8, warm=3),
+            rec('energyflow bad', 0.5, 0.1, warm=1), rec('diffusion DDIM-10', 1.0, 0.5),
+            rec('diffusion DDIM-5', 1.0, 0.4), rec('diffusion DDIM-3', 0.2, 0.25)]
+    line = bench.comparisons(recs)[-2]
+    assert 'at diffusion DDIM-10\'s quality' in line and 'energyflow warm' in line
+    assert '(diffusion DDIM-5, success 1.00) = 2.00x' in line      # not DDIM-10, not DDIM-3
+    recs[1]['success'] = 0.5
+    recs[0]['success'] = 0.5
+    assert 'Cheapest diffusion setting at energyflow cold' in bench.comparisons(recs)[-1]
+    assert 'No EnergyFlow setting reached' in bench.comparisons(recs)[-2]
+    recs[0]['success'] = 1.0
+    recs[0]['collision'], recs[3]['collision'], recs[4]['collision'] = 0.0, 0.3, 0.5
+    assert 'No diffusion setting reached energyflow cold' in bench.comparisons(recs)[-1]
+
+
 def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(['--energy', str(tmp_path / 'nope.pt'), '--ddim-steps', ''])
     assert exc.value.code == 2 and 'nope.pt: no such checkpoint' in capsys.readouterr().err
+
+
+def test_lean_warm_pairs_are_validated(bench, capsys):
+    assert bench._pairs('4:3,8:2') == [(4, 3), (8, 2)]
+    with pytest.raises(SystemExit):
+        bench._parse(['--lean-warm', '4-3', '--energy', SCRIPT, '--ddim-steps', ''])
+    assert "'4-3' is not N:K" in capsys.readouterr().err

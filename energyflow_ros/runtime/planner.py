@@ -12,7 +12,8 @@ N(0, warm.init_std**2 I) — as the training-side ``ChunkPolicy`` does.
 Why extrapolate: the warm sampler starts at a small noise level, so a refill that holds the last
 action mostly stays held; on obstacles2d (position targets) plans then slowed down chunk after
 chunk and 22 % of episodes timed out. Continuing at half the last step's speed kept success at
-0.98 with no more collisions than a cold start (`benchmarks/results/sampler_cost-cpu.md`).
+0.98 with no more collisions than a cold start
+(`benchmarks/results/sampler_cost-obstacles2d-cpu.md`).
 """
 
 from __future__ import annotations
