@@ -92,6 +92,21 @@ def test_irnce_schedule_reproduces_the_annealed_langevin_sampler():
     torch.testing.assert_close(got.actions, expected.actions, rtol=1e-5, atol=1e-5)
 
 
+def test_warm_start_time_can_be_chosen_at_export():
+    method = tiny_method('energyflow')
+    trained = sampler_spec(method, n_steps=10)
+    later = sampler_spec(method, n_steps=10, warm_start_t=0.7)
+    assert later.cold == trained.cold                       # the cold sampler is unchanged
+    assert later.warm.init_std > trained.warm.init_std      # re-noised further
+    assert later.warm.n_steps > trained.warm.n_steps        # same step density over [t_end, t]
+    assert sampler_spec(method, n_steps=10, warm_steps=2, warm_start_t=0.7).warm.n_steps == 2
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f'warm_start_t = {bad}'):
+            sampler_spec(method, warm_start_t=bad)
+    with pytest.raises(ValueError, match='EnergyFlow models only, not rnce'):
+        sampler_spec(tiny_method('rnce'), warm_start_t=0.5)
+
+
 def test_sampler_spec_rejects_bad_counts_and_describes_baselines():
     with pytest.raises(ValueError, match='n_particles'):
         sampler_spec(tiny_method('energyflow'), n_particles=0)

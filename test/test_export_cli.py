@@ -17,7 +17,7 @@ def test_exports_with_overrides_and_prints_a_summary(tmp_path, capsys):
     ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('energyflow'), train_meta())
     out = str(tmp_path / 'models' / 'arm.onnx')
     status = main(['--checkpoint', ckpt, '--out', out, '--particles', '7', '--steps', '3',
-                   '--warm-steps', '2', '--executed-steps', '1',
+                   '--warm-steps', '2', '--warm-start-t', '0.9', '--executed-steps', '1',
                    '--joint-names', 'elbow, shoulder'])
     assert status == 0
     printed = capsys.readouterr().out
@@ -26,6 +26,7 @@ def test_exports_with_overrides_and_prints_a_summary(tmp_path, capsys):
     meta = read_metadata(out)
     assert (meta.sampler.n_particles, meta.sampler.cold.n_steps, meta.sampler.warm.n_steps,
             meta.executed_steps, meta.joint_names) == (7, 3, 2, 1, ('elbow', 'shoulder'))
+    assert meta.sampler.warm.init_std > meta.sampler.cold.sigmas[1]   # sigma(0.9) > sigma(2/3)
     assert sorted(os.listdir(tmp_path / 'models')) == [
         'arm.energy.onnx', 'arm.grad.onnx', 'arm.onnx', 'arm.warm.onnx']
 
@@ -41,6 +42,9 @@ def test_failures_exit_1_with_the_reason(tmp_path, capsys):
     assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
                  '--executed-steps', '9']) == 1
     assert 'executed_steps = 9' in capsys.readouterr().err
+    assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
+                 '--warm-start-t', '0.5']) == 1
+    assert 'warm_start_t applies to EnergyFlow models only, not mse' in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ['c.pt', 'd.pt']
 
 

@@ -36,6 +36,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--particles', type=_positive, help='default particle count N')
     parser.add_argument('--steps', type=_positive, help='unrolled steps K of the sampler')
     parser.add_argument('--warm-steps', type=_positive, help='unrolled steps of the warm sampler')
+    parser.add_argument('--warm-start-t', type=float,
+                        help='EnergyFlow: flow time a warm-started chunk is re-noised to '
+                        '(default: the training config\'s flow.warm_start_t)')
     parser.add_argument('--executed-steps', type=_positive,
                         help='actions executed per chunk (default: as in training)')
     parser.add_argument('--joint-names', help='comma-separated joints, in action order '
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metadata = export_checkpoint(
             args.checkpoint, args.out, n_particles=args.particles, n_steps=args.steps,
-            warm_steps=args.warm_steps, executed_steps=args.executed_steps, joint_names=joints,
-            use_ema=not args.no_ema, atol=args.atol, rtol=args.rtol)
+            warm_steps=args.warm_steps, warm_start_t=args.warm_start_t,
+            executed_steps=args.executed_steps, joint_names=joints, use_ema=not args.no_ema,
+            atol=args.atol, rtol=args.rtol)
     except (CheckpointError, ExportError, ParityError) as exc:
         print(f'energyflow-export: error: {exc}', file=sys.stderr)
         return 1

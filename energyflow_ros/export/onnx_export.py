@@ -217,8 +217,9 @@ def write_family(out_path: str, models: dict[str, onnx.ModelProto],
 def export_method(method: Method, obs_normalizer: Normalizer, action_normalizer: Normalizer,
                   train_meta: dict[str, Any], out_path: str, *, n_particles: int | None = None,
                   n_steps: int | None = None, warm_steps: int | None = None,
-                  executed_steps: int | None = None, joint_names: Sequence[str] | None = None,
-                  atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                  warm_start_t: float | None = None, executed_steps: int | None = None,
+                  joint_names: Sequence[str] | None = None, atol: float = DEFAULT_ATOL,
+                  rtol: float = DEFAULT_RTOL,
                   provenance: dict[str, Any] | None = None) -> ModelMetadata:
     """Export an in-memory method (see :func:`export_checkpoint` for the arguments).
 
@@ -228,7 +229,7 @@ def export_method(method: Method, obs_normalizer: Normalizer, action_normalizer:
     if not out_path.endswith('.onnx'):
         raise ExportError(f'{out_path}: the output path must end in .onnx')
     try:
-        spec = sampler_spec(method, n_particles, n_steps, warm_steps)
+        spec = sampler_spec(method, n_particles, n_steps, warm_steps, warm_start_t)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     build_metadata(method, obs_normalizer, action_normalizer, train_meta, spec,
@@ -269,7 +270,7 @@ def _ema_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor] | None:
 
 def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int | None = None,
                       n_steps: int | None = None, warm_steps: int | None = None,
-                      executed_steps: int | None = None,
+                      warm_start_t: float | None = None, executed_steps: int | None = None,
                       joint_names: Sequence[str] | None = None, use_ema: bool = True,
                       atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ModelMetadata:
     """Export a trainer checkpoint to the ONNX model family ``out_path`` (``<stem>.onnx``).
@@ -280,6 +281,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int |
         n_particles: default particle count N recorded in the metadata.
         n_steps: K of the cold sampler (unrolled into the graph).
         warm_steps: K of the warm-start sampler.
+        warm_start_t: EnergyFlow's warm-start flow time (default: the trained config's).
         executed_steps: override of the training's executed steps per chunk.
         joint_names: the joints the actions command, in action order (default: train_meta).
         use_ema: export the EMA weights when the checkpoint has them.
@@ -301,6 +303,6 @@ def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int |
     return export_method(
         method, loaded.obs_normalizer, loaded.action_normalizer,
         loaded.payload.get('train_meta'), out_path, n_particles=n_particles, n_steps=n_steps,
-        warm_steps=warm_steps, executed_steps=executed_steps, joint_names=joint_names,
-        atol=atol, rtol=rtol,
+        warm_steps=warm_steps, warm_start_t=warm_start_t, executed_steps=executed_steps,
+        joint_names=joint_names, atol=atol, rtol=rtol,
         provenance={'checkpoint': os.path.basename(checkpoint_path), 'ema': ema is not None})

@@ -60,16 +60,20 @@ def probability_flow_schedule(method: EnergyFlowMethod, t_start: float,
     return StepSchedule(tuple(sigmas), tuple(steps), (0.0,) * n_steps, init_std)
 
 
-def _energyflow(method: EnergyFlowMethod, n: int | None, k: int | None,
-                warm: int | None) -> SamplerSpec:
+def _energyflow(method: EnergyFlowMethod, n: int | None, k: int | None, warm: int | None,
+                warm_start_t: float | None = None) -> SamplerSpec:
     cfg = method.cfg.flow
     k = k or cfg.n_steps
+    t0 = cfg.warm_start_t if warm_start_t is None else float(warm_start_t)
+    if not cfg.t_end < t0 <= 1.0:
+        raise ValueError(f'warm_start_t = {t0!r} is invalid: expected a number in '
+                         f'(t_end = {cfg.t_end}, 1]')
     if warm is None:   # the cold schedule's step density over [t_end, warm_start_t]
-        warm = max(1, round(k * (cfg.warm_start_t - cfg.t_end) / (1.0 - cfg.t_end)))
+        warm = max(1, round(k * (t0 - cfg.t_end) / (1.0 - cfg.t_end)))
     rank = float(getattr(cfg, 'rank_sigma', method.schedule.sigma_min))
     return SamplerSpec('gradient', n or cfg.n_particles, 'gaussian', rank,
                        probability_flow_schedule(method, 1.0, k),
-                       probability_flow_schedule(method, cfg.warm_start_t, warm))
+                       probability_flow_schedule(method, t0, warm))
 
 
 def _tail(cold: StepSchedule, n_steps: int, init_std: float | None = None) -> StepSchedule:
@@ -124,7 +128,8 @@ def _ibc(method: IBCMethod, n: int | None, k: int | None, warm: int | None) -> S
 
 
 def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | None = None,
-                 warm_steps: int | None = None) -> SamplerSpec:
+                 warm_steps: int | None = None,
+                 warm_start_t: float | None = None) -> SamplerSpec:
     """The metadata ``sampler`` block of ``method``.
 
     Args:
@@ -132,14 +137,22 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
         n_particles: N (default: the method's sampler config).
         n_steps: K of the cold sampler (default: the method's sampler config).
         warm_steps: K of the warm sampler (default: per method, see the module docstring).
+        warm_start_t: EnergyFlow only: the flow time a warm-started chunk is re-noised to and
+            integrated from (default: the trained config's ``flow.warm_start_t``). Larger
+            values let a warm start move further from the previous chunk.
 
     Raises:
-        ValueError: a non-positive count.
+        ValueError: a non-positive count, or a warm_start_t outside (t_end, 1] or given for
+            another method.
     """
     for name, value in (('n_particles', n_particles), ('n_steps', n_steps),
                         ('warm_steps', warm_steps)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f'{name} = {value!r} is invalid: expected a positive integer')
+    if warm_start_t is not None and not isinstance(method, EnergyFlowMethod):
+        raise ValueError(f'warm_start_t applies to EnergyFlow models only, not {method.name}')
+    if isinstance(method, EnergyFlowMethod):
+        return _energyflow(method, n_particles, n_steps, warm_steps, warm_start_t)
     if isinstance(method, DiffusionMethod):
         k, train_steps = n_steps or method.cfg.ddim.sample_steps, method.cfg.ddim.train_steps
         if k > train_steps:
@@ -148,7 +161,7 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
         return SamplerSpec('ddim', 1, 'gaussian', 0.0, ddim_steps=k)
     if isinstance(method, MSEMethod):
         return SamplerSpec('regression', 1, 'none', 0.0)
-    builders = [(EnergyFlowMethod, _energyflow), (InterpolatingRNCEMethod, _irnce),
+    builders = [(InterpolatingRNCEMethod, _irnce),
                 (RNCEMethod, _rnce), (IBCMethod, _ibc)]
     for cls, build in builders:
         if isinstance(method, cls):
