@@ -82,15 +82,17 @@ bench-ros-loop: venv
 	$(PY) benchmarks/ros_loop.py $(ARGS)
 
 # Per-chunk cost at equal quality (EnergyFlow cold / warm vs DDIM) on the quality runs'
-# obstacles2d checkpoints (make eval ARGS="--tasks obstacles2d" first); ~15 min on 2 cores.
+# obstacles2d checkpoints (make eval ARGS="--tasks obstacles2d" first); ~2 min on 2 cores.
 bench-sampler-cost: venv
 	$(PY) benchmarks/sampler_cost.py $(ARGS)
 
-# The same on the Push-T runs (README: the CPU-sized 60k-step quality runs); ~30 min on 2 cores.
+# The same on the Push-T runs (README: the CPU-sized 60k-step quality runs), 100 episodes (its
+# coverage varies more) and two more warm-start times; ~30 min on 2 cores.
 PUSHT_RUNS ?= outputs/eval_runs/pusht_cpu60k/full/pusht
 bench-sampler-cost-pusht: venv
 	$(PY) benchmarks/sampler_cost.py --energy $(PUSHT_RUNS)/energyflow/seed0/final.pt \
-		--diffusion $(PUSHT_RUNS)/diffusion/seed0/final.pt $(ARGS)
+		--diffusion $(PUSHT_RUNS)/diffusion/seed0/final.pt --episodes 100 \
+		--warm-start-times 0.5,0.7 $(ARGS)
 
 colcon-build: venv
 	$(VENV)/bin/colcon build --base-paths . --build-base build --install-base install

@@ -12,18 +12,19 @@ chunk. The task is the checkpoints' own. Episodes are interleaved across setting
 every setting alike; compare settings by ratios within one run.
 
 Results: ``<out>/sampler_cost-<task>-<device>.json`` (one record per setting with keys
-``setting, method, n_particles, cold_steps, warm_steps, warm_extrapolation, episodes, success,
-collision (None where the task has none), metric_name, metric_mean, metric_std, plans, p50_ms,
-p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md`` with the same-run ratios the inference
-issue asks for: warm vs cold per-chunk cost at equal quality; the cheapest EnergyFlow setting
-that reaches the diffusion baseline's quality vs the cheapest diffusion setting at that quality;
-and whether any diffusion setting reaches EnergyFlow's default quality. Equal quality: equal
-success, no more collisions (obstacles2d) and, where the task scores more than success (Push-T's
-max coverage, BlockPush's p1), an equal headline metric.
+``setting, method, n_particles, cold_steps, warm_steps, warm_extrapolation, warm_start_t (None:
+the model's own), episodes, success, collision (None where the task has none), metric_name,
+metric_mean, metric_std, plans, p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md``
+with the same-run ratios the inference issue asks for: warm vs cold per-chunk cost at equal
+quality; the cheapest EnergyFlow setting that reaches the diffusion baseline's quality vs the
+cheapest diffusion setting at that quality; and whether any diffusion setting reaches
+EnergyFlow's default quality. Equal quality: equal success, no more collisions (obstacles2d)
+and, where the task scores more than success (Push-T's max coverage, BlockPush's p1), an equal
+headline metric.
 
 Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]``
 (``make bench-sampler-cost``: obstacles2d, about 2 minutes on 2 CPU cores;
-``make bench-sampler-cost-pusht``: the Push-T runs, about 15 minutes).
+``make bench-sampler-cost-pusht``: the Push-T runs, about 30 minutes).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Setting:
     cold_steps: int
     warm_steps: int | None      # None: cold start every chunk
     extrapolation: float = WARM_EXTRAPOLATION   # warm-start refill speed (0: hold)
+    warm_start_t: float | None = None           # EnergyFlow warm-start time (None: trained)
     planner: ChunkPlanner | None = None
     success: list[float] = field(default_factory=list)
     collision: list[float] = field(default_factory=list)
@@ -125,6 +127,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='refill speed of the shifted warm-start chunk')
     parser.add_argument('--ddim-steps', default='10,5,3', help='DDIM step counts')
     parser.add_argument('--particles', type=int, default=16, help='EnergyFlow particles N')
+    parser.add_argument('--warm-start-times', default='',
+                        help='warm-start K values also run with each of these EnergyFlow '
+                        'warm-start times (comma-separated; the model\'s own always runs)')
     parser.add_argument('--lean-warm', default='4:3,4:2,4:1,8:1',
                         help='extra warm-start settings with fewer particles, as N:K pairs '
                         '(the per-chunk cost scales with N x K)')
@@ -139,6 +144,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error('--episodes must be >= 1')
     try:
         _pairs(args.lean_warm)
+        _floats(args.warm_start_times)
     except ValueError as err:
         parser.error(str(err))
     return args
@@ -146,6 +152,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(',') if v]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(',') if v]
+    except ValueError:
+        raise ValueError(f'--warm-start-times: {text!r} is not a list of numbers') from None
 
 
 def _pairs(text: str) -> list[tuple[int, int]]:
@@ -168,6 +181,9 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
                          args.particles, 20, k, 0.0) for k in _ints(args.hold_steps)]
     settings += [Setting(f'energyflow warm K={k} N={n}', 'energyflow', args.energy, n, 20, k,
                          args.warm_extrapolation) for n, k in _pairs(args.lean_warm)]
+    settings += [Setting(f'energyflow warm K={k} t={t:g}', 'energyflow', args.energy,
+                         args.particles, 20, k, args.warm_extrapolation, t)
+                 for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
     settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)
                  for k in _ints(args.ddim_steps)]
     return settings
@@ -178,7 +194,7 @@ def export_settings(settings: list[Setting], folder: str, threads: int) -> None:
     for i, s in enumerate(settings):
         path = os.path.join(folder, f'setting{i}.onnx')
         export_checkpoint(s.checkpoint, path, n_particles=s.n_particles, n_steps=s.cold_steps,
-                          warm_steps=s.warm_steps)
+                          warm_steps=s.warm_steps, warm_start_t=s.warm_start_t)
         # No spinning: ten settings' sessions alternate here, and one session's spinning threads
         # slow the next one's call (providers.py); a node runs one model.
         model = load_model(path, providers=ProviderConfig(intra_op_threads=threads,
@@ -220,6 +236,7 @@ def record(s: Setting, metric_name: str) -> dict[str, Any]:
     return {'setting': s.name, 'method': s.method, 'n_particles': s.planner.n_particles,
             'cold_steps': s.cold_steps, 'warm_steps': s.warm_steps,
             'warm_extrapolation': s.extrapolation if s.warm_steps else None,
+            'warm_start_t': s.warm_start_t,
             'episodes': len(s.success),
             'success': float(np.mean(s.success)),
             'collision': None if np.isnan(s.collision).all() else float(np.nanmean(s.collision)),

@@ -45,7 +45,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
-                       '--particles', '4', '--lean-warm', '2:1', '--threads', '1',
+                       '--particles', '4', '--lean-warm', '2:1', '--warm-start-times', '0.8',
+                       '--threads', '1',
                        '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
@@ -54,6 +55,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     recs = {r['setting']: r for r in data['records']}
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
+                         'energyflow warm K=1 t=0.8',
                          'diffusion DDIM-2'}
     for r in recs.values():
         assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
@@ -66,6 +68,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert recs['energyflow warm K=1 hold']['warm_extrapolation'] == 0.0
     assert recs['energyflow cold K=4']['warm_extrapolation'] is None
     lean = recs['energyflow warm K=1 N=2']
+    assert recs['energyflow warm K=1 t=0.8']['warm_start_t'] == 0.8
+    assert lean['warm_start_t'] is None and warm['warm_start_t'] is None
     assert (lean['n_particles'], lean['warm_steps']) == (2, 1)
     table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
     assert '| collision | path cost | plans |' in table
@@ -132,3 +136,6 @@ def test_lean_warm_pairs_are_validated(bench, capsys):
     with pytest.raises(SystemExit):
         bench._parse(['--lean-warm', '4-3', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'4-3' is not N:K" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench._parse(['--warm-start-times', '0.5,x', '--energy', SCRIPT, '--ddim-steps', ''])
+    assert "'0.5,x' is not a list of numbers" in capsys.readouterr().err
