@@ -91,7 +91,8 @@ def test_results_of_separate_commands_merge_by_task_and_method(tmp_path):
     assert data['settings'] == {'blockpush': {'mode': 'full', 'machine': 'gpu box'},
                                 'obstacles2d': {'mode': 'smoke'}}
     table = (tmp_path / 'quality.md').read_text()
-    assert 'full run on gpu box' in table and 'Targets: best EBM p2 >= 0.90.' in table
+    assert 'full run on gpu box' in table
+    assert 'Targets: best EBM p2 (both blocks in targets: the success column) >= 0.90.' in table
 
 
 def test_unknown_names_are_usage_errors(capsys):
