@@ -116,6 +116,16 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
     with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
         rl = json.load(handle)['rl']
     assert sorted(r['gamma'] for r in rl if r['reward_source'] == 'true') == [0.5, 0.99]
+    # So is another number of environment steps (a longer run does not replace a shorter one).
+    longer = dict(next(r for r in rl if r['reward_source'] == 'true' and r['gamma'] == 0.5),
+                  env_steps=150)
+    reward_eval.write_results({'settings': {}, 'checks': [], 'rl': [longer]}, out)
+    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+        rl = json.load(handle)['rl']
+    assert sorted((r['gamma'], r['env_steps']) for r in rl if r['reward_source'] == 'true') == [
+        (0.5, 120), (0.5, 150), (0.99, 120)]
+    assert '| obstacles2d | true | 0.5 | 150 |' in open(os.path.join(out, 'reward.md'),
+                                                        encoding='utf-8').read()
 
 
 def test_bad_arguments_give_one_error_line(tmp_path, capsys):

@@ -263,20 +263,21 @@ def _check_key(record: dict[str, Any]) -> tuple:
 
 
 def _rl_key(record: dict[str, Any]) -> tuple:
-    gamma = record.get('gamma', DEFAULT_GAMMA)
+    budget = record.get('gamma', DEFAULT_GAMMA), record['env_steps']
     if record['reward_source'] != 'energyflow':
-        return record['task'], record['reward_source'], gamma
+        return record['task'], record['reward_source'], *budget
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
-            record.get('model'), gamma)
+            record.get('model'), *budget)
 
 
 def write_results(result: dict[str, Any], out: str) -> None:
     """Merge ``result`` into ``<out>/reward.json`` and rewrite ``reward.md`` (atomically).
 
     A record replaces an earlier one with the same task, variant, sigma and model (checks) or
-    task and reward source (RL; for ``energyflow`` also its variant, sigma and model); the
-    others are kept, so tasks, sources and reward models can be run by separate commands
-    into the same folder. Every RL record carries the settings it was run with.
+    task, reward source, discount and environment steps (RL; for ``energyflow`` also its
+    variant, sigma and model); the others are kept, so tasks, sources, reward models and
+    budgets can be run by separate commands into the same folder. Every RL record carries
+    the settings it was run with.
     """
     path = os.path.join(out, 'reward.json')
     merged: dict[str, Any] = {'settings': {}, 'checks': [], 'rl': []}
