@@ -100,6 +100,8 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         assert len(record['success_per_seed']) == len(record['seeds'])
         assert record['success_mean'] == pytest.approx(
             sum(record['success_per_seed']) / len(record['seeds']))
+        assert record['collision_mean'] == pytest.approx(
+            sum(record['collision_per_seed']) / len(record['seeds']))
     text = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
     assert '| obstacles2d | airl | 0.99 | 120 |' in text
     # A second reward variant adds an energyflow row; the true-reward row is replaced.

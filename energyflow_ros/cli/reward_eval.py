@@ -196,6 +196,7 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                   'success_std': statistics.pstdev(success), 'success_per_seed': success,
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
+                  'collision_per_seed': [r['collision'] for r in runs],
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
                   'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
                   'gamma': args.gamma}
@@ -229,8 +230,8 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{scales} | {r['n_rollouts']} | {r['n_pairs']} |")
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
-              'seeds of each seed\'s evaluation episodes (each seed\'s success in brackets '
-              'where recorded).', '',
+              'seeds of each seed\'s evaluation episodes (each seed\'s success and collision '
+              'rate in brackets where recorded).', '',
               '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
               'final progress | collision | train s |', '|---' * 10 + '|']
     for r in result['rl']:
@@ -242,14 +243,15 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{r['env_steps']} | {len(r['seeds'])} | "
                      f"{r.get('eval_episodes')} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f}{_per_seed(r)} | "
-                     f"{r['progress_mean']:.3f} | {r['collision_mean']:.2f} | "
+                     f"{r['progress_mean']:.3f} | "
+                     f"{r['collision_mean']:.2f}{_per_seed(r, 'collision_per_seed')} | "
                      f"{r['train_s']:.0f} |")
     return '\n'.join(lines) + '\n'
 
 
-def _per_seed(record: dict[str, Any]) -> str:
-    """' (1.00 / 0.95 / 0.00)' when the record has per-seed success (older ones do not)."""
-    values = record.get('success_per_seed')
+def _per_seed(record: dict[str, Any], key: str = 'success_per_seed') -> str:
+    """' (1.00 / 0.95 / 0.00)' when the record has per-seed values (older ones do not)."""
+    values = record.get(key)
     return f" ({' / '.join(f'{v:.2f}' for v in values)})" if values else ''
 
 
