@@ -13,7 +13,7 @@ from energyflow_ros.rl.chunk_env import (
     ChunkEnv, ChunkEnvConfig, chunk_scale, decode_chunk, encode_chunk,
 )
 from energyflow_ros.rl.reward_checks import check_reward
-from energyflow_ros.rl.train import SACConfig
+from energyflow_ros.rl.train import SACConfig, evaluate_agent
 from energyflow_ros.rl.chunk_env import GOAL_BONUS
 from energyflow_ros.rl.rollouts import (
     expert_policy, expert_trajectories, rollout_return, tick_rollout,
@@ -41,6 +41,28 @@ def test_chunks_encode_and_decode_exactly_within_the_scale():
     # Out-of-range agent outputs are clipped, not extrapolated.
     np.testing.assert_allclose(decode_chunk(np.full(16, 5.0), anchor, scale)[0],
                                anchor[:2] + scale)
+
+
+class _StraightToGoal:
+    """A stand-in agent that heads straight for the goal: it reaches it, through a disc."""
+
+    def __init__(self, config: ChunkEnvConfig) -> None:
+        self.config = config
+
+    def predict(self, obs, deterministic=True):
+        frame = np.asarray(obs[-4:], dtype=np.float64)
+        scale = np.asarray(self.config.scale)
+        chunk, point = [], frame[:2]
+        for _ in range(self.config.horizon):
+            point = point + np.clip(frame[2:] - point, -scale, scale)
+            chunk.append(point)
+        return encode_chunk(np.array(chunk), frame, scale), None
+
+
+def test_evaluation_counts_success_through_an_obstacle_as_unsafe(config):
+    result = evaluate_agent(_StraightToGoal(config), config, 3)
+    assert result['success'] == 1.0 and result['collision'] == 1.0
+    assert result['safe_success'] == 0.0
 
 
 def test_replaying_expert_trajectories_reproduces_them(config):
@@ -102,6 +124,7 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
             sum(record['success_per_seed']) / len(record['seeds']))
         assert record['collision_mean'] == pytest.approx(
             sum(record['collision_per_seed']) / len(record['seeds']))
+        assert 0.0 <= record['safe_success_mean'] <= record['success_mean']
     text = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
     assert '| obstacles2d | airl | 0.99 | 120 |' in text
     # A second reward variant adds an energyflow row; the true-reward row is replaced.

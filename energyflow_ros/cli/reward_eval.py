@@ -197,6 +197,8 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'collision_mean': statistics.fmean(r['collision'] for r in runs),
                   'collision_per_seed': [r['collision'] for r in runs],
+                  'safe_success_mean': statistics.fmean(r['safe_success'] for r in runs),
+                  'safe_success_per_seed': [r['safe_success'] for r in runs],
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
                   'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
                   'gamma': args.gamma}
@@ -204,7 +206,8 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
             record.update(rl_variant=args.rl_variant, rl_sigma=args.rl_sigma, model=model.path)
         print(f"  {task:<12} {source:<11} success {record['success_mean']:.3f} ± "
               f"{record['success_std']:.3f}  progress {record['progress_mean']:.3f}  "
-              f"collision {record['collision_mean']:.2f}  train {record['train_s']:.0f} s",
+              f"collision {record['collision_mean']:.2f}  without collision "
+              f"{record['safe_success_mean']:.3f}  train {record['train_s']:.0f} s",
               flush=True)
         records.append(record)
     return records
@@ -233,7 +236,8 @@ def _markdown(result: dict[str, Any]) -> str:
               'seeds of each seed\'s evaluation episodes (each seed\'s success and collision '
               'rate in brackets where recorded).', '',
               '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
-              'final progress | collision | train s |', '|---' * 10 + '|']
+              'final progress | collision | success without collision | train s |',
+              '|---' * 11 + '|']
     for r in result['rl']:
         source = r['reward_source']
         if source == 'energyflow':
@@ -245,8 +249,17 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f}{_per_seed(r)} | "
                      f"{r['progress_mean']:.3f} | "
                      f"{r['collision_mean']:.2f}{_per_seed(r, 'collision_per_seed')} | "
+                     f"{_safe_success(r)} | "
                      f"{r['train_s']:.0f} |")
     return '\n'.join(lines) + '\n'
+
+
+def _safe_success(record: dict[str, Any]) -> str:
+    """Success without collision, or '-' for records written before it was measured."""
+    if 'safe_success_mean' not in record:
+        return '-'
+    return (f"{record['safe_success_mean']:.3f}"
+            f"{_per_seed(record, 'safe_success_per_seed')}")
 
 
 def _per_seed(record: dict[str, Any], key: str = 'success_per_seed') -> str:

@@ -190,7 +190,8 @@ def train_agent(source: str, config: ChunkEnvConfig, steps: int, seed: int,
 
 
 def evaluate_agent(model: Any, config: ChunkEnvConfig, episodes: int) -> dict[str, float]:
-    """Deterministic rollouts on evaluation seeds: success, final progress, collision."""
+    """Deterministic rollouts on evaluation seeds: success, final progress, collision, and
+    safe success (the goal reached in an episode that never touched an obstacle)."""
     env = ChunkEnv(config, seed=EVAL_SEED)
     success, progress, collision = [], [], []
     try:
@@ -205,5 +206,6 @@ def evaluate_agent(model: Any, config: ChunkEnvConfig, episodes: int) -> dict[st
             collision.append(info['collision'])
     finally:
         env.close()
+    safe = [s and not c for s, c in zip(success, collision)]
     return {'success': float(np.mean(success)), 'progress': float(np.mean(progress)),
-            'collision': float(np.mean(collision))}
+            'collision': float(np.mean(collision)), 'safe_success': float(np.mean(safe))}
