@@ -233,8 +233,8 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{scales} | {r['n_rollouts']} | {r['n_pairs']} |")
     lines += ['', 'Targets: Spearman >= 0.7, expert outranks >= 90 %.', '',
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
-              'seeds of each seed\'s evaluation episodes (each seed\'s success and collision '
-              'rate in brackets where recorded).', '',
+              'seeds of each seed\'s evaluation episodes (each seed\'s value in brackets '
+              'where recorded).', '',
               '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
               'final progress | collision | success without collision | train s |',
               '|---' * 11 + '|']
