@@ -16,7 +16,7 @@ from energyflow_ros.rl.reward_checks import check_reward
 from energyflow_ros.rl.train import SACConfig, evaluate_agent
 from energyflow_ros.rl.chunk_env import GOAL_BONUS
 from energyflow_ros.rl.rollouts import (
-    expert_policy, expert_trajectories, rollout_return, tick_rollout,
+    StraightToGoal, expert_policy, expert_trajectories, rollout_return, tick_rollout,
 )
 from energyflow_ros.runtime import EnergyReward, load_model
 from energyflow_ros.sim.demos import collect_demos
@@ -44,19 +44,20 @@ def test_chunks_encode_and_decode_exactly_within_the_scale():
 
 
 class _StraightToGoal:
-    """A stand-in agent that heads straight for the goal: it reaches it, through a disc."""
+    """A stand-in agent planning chunks of the reward checks' straight-at-the-goal driver: it
+    reaches the goal, through a disc."""
 
     def __init__(self, config: ChunkEnvConfig) -> None:
         self.config = config
+        self.driver = StraightToGoal()
 
     def predict(self, obs, deterministic=True):
         frame = np.asarray(obs[-4:], dtype=np.float64)
-        scale = np.asarray(self.config.scale)
         chunk, point = [], frame[:2]
         for _ in range(self.config.horizon):
-            point = point + np.clip(frame[2:] - point, -scale, scale)
+            point = self.driver(np.concatenate([point, frame[2:]]))
             chunk.append(point)
-        return encode_chunk(np.array(chunk), frame, scale), None
+        return encode_chunk(np.array(chunk), frame, self.config.scale), None
 
 
 def test_evaluation_counts_success_through_an_obstacle_as_unsafe(config):

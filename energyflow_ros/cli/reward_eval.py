@@ -190,15 +190,14 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                                          reward=reward, demos=demos)
             runs.append({**evaluate_agent(agent, config, args.eval_episodes),
                          'train_s': train_s})
-        success = [r['success'] for r in runs]
+        per_seed = {key: [r[key] for r in runs] for key in ('success', 'collision',
+                                                             'safe_success')}
         record = {'task': task, 'reward_source': source, 'seeds': list(range(args.seeds)),
-                  'env_steps': args.env_steps, 'success_mean': statistics.fmean(success),
-                  'success_std': statistics.pstdev(success), 'success_per_seed': success,
+                  'env_steps': args.env_steps,
+                  **{f'{key}_mean': statistics.fmean(v) for key, v in per_seed.items()},
+                  'success_std': statistics.pstdev(per_seed['success']),
+                  **{f'{key}_per_seed': v for key, v in per_seed.items()},
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
-                  'collision_mean': statistics.fmean(r['collision'] for r in runs),
-                  'collision_per_seed': [r['collision'] for r in runs],
-                  'safe_success_mean': statistics.fmean(r['safe_success'] for r in runs),
-                  'safe_success_per_seed': [r['safe_success'] for r in runs],
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
                   'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
                   'gamma': args.gamma}
@@ -278,7 +277,7 @@ def _check_key(record: dict[str, Any]) -> tuple:
 
 
 def _rl_key(record: dict[str, Any]) -> tuple:
-    budget = record.get('gamma', DEFAULT_GAMMA), record['env_steps']
+    budget = record.get('gamma', DEFAULT_GAMMA), record.get('env_steps')
     if record['reward_source'] != 'energyflow':
         return record['task'], record['reward_source'], *budget
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
