@@ -130,9 +130,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--warm-start-times', default='',
                         help='warm-start K values also run with each of these EnergyFlow '
                         'warm-start times (comma-separated; the model\'s own always runs)')
-    parser.add_argument('--lean-warm', default='4:3,4:2,4:1,8:1',
-                        help='extra warm-start settings with fewer particles, as N:K pairs '
-                        '(the per-chunk cost scales with N x K)')
+    parser.add_argument('--lean-warm', default='4:3,4:2,4:1,8:1,4:2:5,2:2:5,2:3:5,1:3:5',
+                        help='extra warm-start settings with fewer particles, as N:K or N:K:C '
+                        '(C: the cold K of each episode\'s first chunk, default 20; the '
+                        'per-chunk cost scales with N x K)')
     parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
     parser.add_argument('--out', default='benchmarks/results')
     args = parser.parse_args(argv)
@@ -161,14 +162,17 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f'--warm-start-times: {text!r} is not a list of numbers') from None
 
 
-def _pairs(text: str) -> list[tuple[int, int]]:
-    pairs = []
+def _pairs(text: str) -> list[tuple[int, int, int]]:
+    """``--lean-warm`` items as (N, warm K, cold K)."""
+    settings = []
     for item in (v for v in text.split(',') if v):
-        n, sep, k = item.partition(':')
-        if not sep or not n.isdigit() or not k.isdigit() or int(n) < 1 or int(k) < 1:
-            raise ValueError(f'--lean-warm: {item!r} is not N:K with positive integers')
-        pairs.append((int(n), int(k)))
-    return pairs
+        parts = item.split(':')
+        if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f'--lean-warm: {item!r} is not N:K or N:K:C with positive '
+                             'integers')
+        n, k, c = (int(p) for p in parts + ['20'][: 3 - len(parts)])
+        settings.append((n, k, c))
+    return settings
 
 
 def build_settings(args: argparse.Namespace) -> list[Setting]:
@@ -179,8 +183,9 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
                          20, k, args.warm_extrapolation) for k in _ints(args.warm_steps)]
     settings += [Setting(f'energyflow warm K={k} hold', 'energyflow', args.energy,
                          args.particles, 20, k, 0.0) for k in _ints(args.hold_steps)]
-    settings += [Setting(f'energyflow warm K={k} N={n}', 'energyflow', args.energy, n, 20, k,
-                         args.warm_extrapolation) for n, k in _pairs(args.lean_warm)]
+    settings += [Setting(f'energyflow warm K={k} N={n}' + (f' cold K={c}' if c != 20 else ''),
+                         'energyflow', args.energy, n, c, k, args.warm_extrapolation)
+                 for n, k, c in _pairs(args.lean_warm)]
     settings += [Setting(f'energyflow warm K={k} t={t:g}', 'energyflow', args.energy,
                          args.particles, 20, k, args.warm_extrapolation, t)
                  for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
@@ -352,7 +357,8 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
                    f"{_rate(r['collision'])} | {r['metric_mean']:.3f} ± {r['metric_std']:.3f} | "
                    f"{r['plans']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                    f"{r['mean_ms']:.2f} |")
-    notes = ['Warm settings start each episode cold (K=20) and every later chunk from the '
+    notes = ['Warm settings start each episode cold (K in the cold K column: 20 unless the '
+             'setting names another) and every later chunk from the '
              'previous one, shifted by the executed steps, refilled at the end by continuing '
              'its last step at the given fraction of its speed ("hold": 0, the last action '
              'repeated) and re-noised; their mean includes the cold first chunk.',

@@ -45,7 +45,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
-                       '--particles', '4', '--lean-warm', '2:1', '--warm-start-times', '0.8',
+                       '--particles', '4', '--lean-warm', '2:1,1:1:2', '--warm-start-times', '0.8',
                        '--threads', '1',
                        '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
@@ -55,6 +55,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     recs = {r['setting']: r for r in data['records']}
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
+                         'energyflow warm K=1 N=1 cold K=2',
                          'energyflow warm K=1 t=0.8',
                          'diffusion DDIM-2'}
     for r in recs.values():
@@ -70,7 +71,9 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     lean = recs['energyflow warm K=1 N=2']
     assert recs['energyflow warm K=1 t=0.8']['warm_start_t'] == 0.8
     assert lean['warm_start_t'] is None and warm['warm_start_t'] is None
-    assert (lean['n_particles'], lean['warm_steps']) == (2, 1)
+    assert (lean['n_particles'], lean['warm_steps'], lean['cold_steps']) == (2, 1, 20)
+    short = recs['energyflow warm K=1 N=1 cold K=2']
+    assert (short['n_particles'], short['warm_steps'], short['cold_steps']) == (1, 1, 2)
     table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
     assert '| collision | path cost | plans |' in table
     assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
@@ -132,10 +135,14 @@ def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
 
 
 def test_lean_warm_pairs_are_validated(bench, capsys):
-    assert bench._pairs('4:3,8:2') == [(4, 3), (8, 2)]
+    assert bench._pairs('4:3,8:2,2:2:5') == [(4, 3, 20), (8, 2, 20), (2, 2, 5)]
     with pytest.raises(SystemExit):
         bench._parse(['--lean-warm', '4-3', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'4-3' is not N:K" in capsys.readouterr().err
+    for bad in ('4:3:0', '4:3:5:1'):
+        with pytest.raises(SystemExit):
+            bench._parse(['--lean-warm', bad, '--energy', SCRIPT, '--ddim-steps', ''])
+        assert f"'{bad}' is not N:K or N:K:C" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench._parse(['--warm-start-times', '0.5,x', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'0.5,x' is not a list of numbers" in capsys.readouterr().err
