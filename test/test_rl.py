@@ -120,6 +120,7 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         assert {'task', 'reward_source', 'seeds', 'env_steps', 'success_mean',
                 'success_std'} <= set(record)
         assert record['env_steps'] == 120 and record['gamma'] == 0.99
+        assert record['train_freq'] == reward_eval.DEFAULT_TRAIN_FREQ
         assert len(record['success_per_seed']) == len(record['seeds'])
         assert record['success_mean'] == pytest.approx(
             sum(record['success_per_seed']) / len(record['seeds']))
@@ -152,6 +153,18 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         (0.5, 120), (0.5, 150), (0.99, 120)]
     assert '| obstacles2d | true | 0.5 | 150 |' in open(os.path.join(out, 'reward.md'),
                                                         encoding='utf-8').read()
+    # And another update rate: a record without one was run at the default.
+    faster = dict(longer, train_freq=1)
+    older = {k: v for k, v in longer.items() if k != 'train_freq'}
+    reward_eval.write_results({'settings': {}, 'checks': [], 'rl': [faster, older]}, out)
+    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+        rl = json.load(handle)['rl']
+    assert sorted((r['env_steps'], r.get('train_freq', 2)) for r in rl
+                  if r['reward_source'] == 'true' and r['gamma'] == 0.5) == [
+        (120, 2), (150, 1), (150, 2)]
+    table = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
+    assert '| obstacles2d | true | 0.5 | 150 | 1 |' in table
+    assert '| obstacles2d | true | 0.5 | 150 | 2 |' in table
 
 
 def test_bad_arguments_give_one_error_line(tmp_path, capsys):
@@ -161,6 +174,9 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reward_eval.main(['--env-steps', '0'])
     assert '--env-steps = 0: expected a positive integer' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reward_eval.main(['--train-freq', '0'])
+    assert '--train-freq = 0: expected a positive integer' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         reward_eval.main(['--gamma', '1.0'])
     assert '--gamma 1.0: expected 0 <= gamma < 1' in capsys.readouterr().err

@@ -51,7 +51,8 @@ from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
-DEFAULT_GAMMA = SACConfig().gamma   # records written before gamma was a setting used it
+# records written before gamma and the update rate were settings used these
+DEFAULT_GAMMA, DEFAULT_TRAIN_FREQ = SACConfig().gamma, SACConfig().train_freq
 TASK_TICKS = {'obstacles2d': 60, 'pusht': 300}   # fixed episode length of the RL environment
 # Velocity segments per chunk in the RL action (chunk_env.py): obstacles2d's expert walks
 # straight legs, one velocity per 0.8 s chunk; Push-T's turns within a 1.6 s chunk.
@@ -76,6 +77,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--seeds', type=int, default=3, help='RL seeds per reward source')
     parser.add_argument('--gamma', type=float, default=0.99,
                         help='SAC discount per chunk step, the same for every reward source')
+    parser.add_argument('--train-freq', type=int, default=SACConfig().train_freq,
+                        help='environment steps per SAC update, the same for every reward '
+                        'source (1: one update per step, stable-baselines3\'s default)')
     parser.add_argument('--env-steps', type=int, default=20000,
                         help='environment (chunk) steps per RL run')
     parser.add_argument('--eval-episodes', type=int, default=30)
@@ -109,7 +113,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         unknown = sorted(set(chosen) - set(allowed))
         if unknown:
             parser.error(f'unknown {label}(s) {unknown}; allowed: {allowed}')
-    for name in ('seeds', 'env_steps', 'eval_episodes', 'demo_episodes', 'check_rollouts'):
+    for name in ('seeds', 'train_freq', 'env_steps', 'eval_episodes', 'demo_episodes',
+                 'check_rollouts'):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected a "
                          'positive integer')
@@ -175,7 +180,7 @@ def run_checks(task: str, model: OnnxModel, config: ChunkEnvConfig, n_rollouts: 
 def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.Namespace
            ) -> list[dict[str, Any]]:
     """Every reward source x seed: one aggregated record per source."""
-    sac = SACConfig(gamma=args.gamma)
+    sac = SACConfig(gamma=args.gamma, train_freq=args.train_freq)
     if args.smoke:
         sac = dataclasses.replace(sac, learning_starts=50)
     demos = expert_trajectories(config, list(range(args.demo_episodes)))
@@ -200,7 +205,7 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
                   'progress_mean': statistics.fmean(r['progress'] for r in runs),
                   'train_s': statistics.fmean(r['train_s'] for r in runs),
                   'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
-                  'gamma': args.gamma}
+                  'gamma': args.gamma, 'train_freq': args.train_freq}
         if source == 'energyflow':
             record.update(rl_variant=args.rl_variant, rl_sigma=args.rl_sigma, model=model.path)
         print(f"  {task:<12} {source:<11} success {record['success_mean']:.3f} ± "
@@ -234,16 +239,18 @@ def _markdown(result: dict[str, Any]) -> str:
               '## Downstream RL', '', 'SAC in every row; success and progress are means over '
               'seeds of each seed\'s evaluation episodes (each seed\'s value in brackets '
               'where recorded).', '',
-              '| task | reward source | gamma | env steps | seeds | eval episodes | success | '
-              'final progress | collision | success without collision | train s |',
-              '|---' * 11 + '|']
+              '| task | reward source | gamma | env steps | steps per update | seeds | '
+              'eval episodes | success | final progress | collision | success without '
+              'collision | train s |',
+              '|---' * 12 + '|']
     for r in result['rl']:
         source = r['reward_source']
         if source == 'energyflow':
             source += (f" (`{r.get('rl_variant')}` at sigma {r.get('rl_sigma')}"
                        + (f", `{r['model']}`" if r.get('model') else '') + ')')
         lines.append(f"| {r['task']} | {source} | {r.get('gamma', DEFAULT_GAMMA)} | "
-                     f"{r['env_steps']} | {len(r['seeds'])} | "
+                     f"{r['env_steps']} | {r.get('train_freq', DEFAULT_TRAIN_FREQ)} | "
+                     f"{len(r['seeds'])} | "
                      f"{r.get('eval_episodes')} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f}{_per_seed(r)} | "
                      f"{r['progress_mean']:.3f} | "
@@ -277,7 +284,8 @@ def _check_key(record: dict[str, Any]) -> tuple:
 
 
 def _rl_key(record: dict[str, Any]) -> tuple:
-    budget = record.get('gamma', DEFAULT_GAMMA), record.get('env_steps')
+    budget = (record.get('gamma', DEFAULT_GAMMA), record.get('env_steps'),
+              record.get('train_freq', DEFAULT_TRAIN_FREQ))
     if record['reward_source'] != 'energyflow':
         return record['task'], record['reward_source'], *budget
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
@@ -288,8 +296,8 @@ def write_results(result: dict[str, Any], out: str) -> None:
     """Merge ``result`` into ``<out>/reward.json`` and rewrite ``reward.md`` (atomically).
 
     A record replaces an earlier one with the same task, variant, sigma and model (checks) or
-    task, reward source, discount and environment steps (RL; for ``energyflow`` also its
-    variant, sigma and model); the others are kept, so tasks, sources, reward models and
+    task, reward source, discount, environment steps and update rate (RL; for ``energyflow``
+    also its variant, sigma and model); the others are kept, so tasks, sources, reward models and
     budgets can be run by separate commands into the same folder. Every RL record carries
     the settings it was run with.
     """
@@ -316,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
               'rl_sigma': args.rl_sigma, 'sigmas': args.sigmas,
               'seeds': list(range(args.seeds)), 'env_steps': args.env_steps,
               'eval_episodes': args.eval_episodes, 'demo_episodes': args.demo_episodes,
-              'gamma': args.gamma, 'check_rollouts': args.check_rollouts,
+              'gamma': args.gamma, 'train_freq': args.train_freq,
+              'check_rollouts': args.check_rollouts,
               'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
               'torch': torch.__version__}
     print(f'{PROG}: tasks {args.tasks} ({common["mode"]})', flush=True)
