@@ -120,7 +120,7 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         assert {'task', 'reward_source', 'seeds', 'env_steps', 'success_mean',
                 'success_std'} <= set(record)
         assert record['env_steps'] == 120 and record['gamma'] == 0.99
-        assert record['train_freq'] == reward_eval.DEFAULT_TRAIN_FREQ
+        assert record['train_freq'] == SACConfig().train_freq == 1
         assert len(record['success_per_seed']) == len(record['seeds'])
         assert record['success_mean'] == pytest.approx(
             sum(record['success_per_seed']) / len(record['seeds']))
@@ -153,15 +153,17 @@ def test_smoke_run_writes_every_record(tmp_path, capsys):
         (0.5, 120), (0.5, 150), (0.99, 120)]
     assert '| obstacles2d | true | 0.5 | 150 |' in open(os.path.join(out, 'reward.md'),
                                                         encoding='utf-8').read()
-    # And another update rate: a record without one was run at the default.
-    faster = dict(longer, train_freq=1)
+    # Another update rate is another row; a record without one ran at the old default of one
+    # update per two steps, and a new record at that rate replaces it.
     older = {k: v for k, v in longer.items() if k != 'train_freq'}
-    reward_eval.write_results({'settings': {}, 'checks': [], 'rl': [faster, older]}, out)
-    with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
-        rl = json.load(handle)['rl']
-    assert sorted((r['env_steps'], r.get('train_freq', 2)) for r in rl
-                  if r['reward_source'] == 'true' and r['gamma'] == 0.5) == [
-        (120, 2), (150, 1), (150, 2)]
+    for added in (older, dict(longer, train_freq=2)):
+        reward_eval.write_results({'settings': {}, 'checks': [], 'rl': [added]}, out)
+        with open(os.path.join(out, 'reward.json'), encoding='utf-8') as handle:
+            rl = json.load(handle)['rl']
+        assert sorted((r['env_steps'], r.get('train_freq', reward_eval.LEGACY_TRAIN_FREQ))
+                      for r in rl if r['reward_source'] == 'true' and r['gamma'] == 0.5) == [
+            (120, 1), (150, 1), (150, 2)]
+    assert sum(r.get('train_freq') == 2 for r in rl) == 1
     table = open(os.path.join(out, 'reward.md'), encoding='utf-8').read()
     assert '| obstacles2d | true | 0.5 | 150 | 1 |' in table
     assert '| obstacles2d | true | 0.5 | 150 | 2 |' in table

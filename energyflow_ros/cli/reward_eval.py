@@ -51,8 +51,8 @@ from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
-# records written before gamma and the update rate were settings used these
-DEFAULT_GAMMA, DEFAULT_TRAIN_FREQ = SACConfig().gamma, SACConfig().train_freq
+DEFAULT_GAMMA = SACConfig().gamma   # records written before gamma was a setting used it
+LEGACY_TRAIN_FREQ = 2   # records written before the update rate was a setting used it
 TASK_TICKS = {'obstacles2d': 60, 'pusht': 300}   # fixed episode length of the RL environment
 # Velocity segments per chunk in the RL action (chunk_env.py): obstacles2d's expert walks
 # straight legs, one velocity per 0.8 s chunk; Push-T's turns within a 1.6 s chunk.
@@ -79,7 +79,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='SAC discount per chunk step, the same for every reward source')
     parser.add_argument('--train-freq', type=int, default=SACConfig().train_freq,
                         help='environment steps per SAC update, the same for every reward '
-                        'source (1: one update per step, stable-baselines3\'s default)')
+                        'source (default: one update per step, as stable-baselines3\'s; '
+                        'records without it ran at 2)')
     parser.add_argument('--env-steps', type=int, default=20000,
                         help='environment (chunk) steps per RL run')
     parser.add_argument('--eval-episodes', type=int, default=30)
@@ -249,7 +250,7 @@ def _markdown(result: dict[str, Any]) -> str:
             source += (f" (`{r.get('rl_variant')}` at sigma {r.get('rl_sigma')}"
                        + (f", `{r['model']}`" if r.get('model') else '') + ')')
         lines.append(f"| {r['task']} | {source} | {r.get('gamma', DEFAULT_GAMMA)} | "
-                     f"{r['env_steps']} | {r.get('train_freq', DEFAULT_TRAIN_FREQ)} | "
+                     f"{r['env_steps']} | {r.get('train_freq', LEGACY_TRAIN_FREQ)} | "
                      f"{len(r['seeds'])} | "
                      f"{r.get('eval_episodes')} | "
                      f"{r['success_mean']:.3f} ± {r['success_std']:.3f}{_per_seed(r)} | "
@@ -285,7 +286,7 @@ def _check_key(record: dict[str, Any]) -> tuple:
 
 def _rl_key(record: dict[str, Any]) -> tuple:
     budget = (record.get('gamma', DEFAULT_GAMMA), record.get('env_steps'),
-              record.get('train_freq', DEFAULT_TRAIN_FREQ))
+              record.get('train_freq', LEGACY_TRAIN_FREQ))
     if record['reward_source'] != 'energyflow':
         return record['task'], record['reward_source'], *budget
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),

@@ -43,7 +43,11 @@ class SACConfig:
         net: hidden layer sizes of actor and critics.
         batch_size: minibatch size.
         learning_starts: random-action steps before learning.
-        train_freq: environment steps between updates.
+        train_freq: environment steps between updates. One update per step (SB3's default):
+            at one per two steps, on the extracted occupancy reward, one seed's critic smoothed
+            away the narrow ridge of good moves near the goal and valued holding above them,
+            so the agent parked 17 cm short (obstacles2d, 40k steps; every seed succeeded
+            without collision at one per step).
         gradient_steps: updates per ``train_freq`` steps.
         lr: Adam learning rate.
         ent_coef: SAC's entropy coefficient (``auto_<initial>``: tuned from that value). The
@@ -58,7 +62,7 @@ class SACConfig:
     net: tuple[int, ...] = (128, 128)
     batch_size: int = 256
     learning_starts: int = 500
-    train_freq: int = 2
+    train_freq: int = 1
     gradient_steps: int = 1
     lr: float = 3e-4
     ent_coef: str = 'auto_0.01'
