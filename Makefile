@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.stamp
 
 .PHONY: venv demo test density-demo model eval eval-smoke reward-eval reward-eval-smoke \
-	reward-model-pusht reward-model-joint \
+	reward-model-pusht reward-model-joint reward-model-joint-obstacles2d reward-model-joint-pusht \
 	bench-latency bench-ros-loop bench-sampler-cost bench-sampler-cost-pusht colcon-build clean
 
 venv: $(STAMP)
@@ -60,13 +60,18 @@ reward-model-pusht: venv
 		eval.episodes=20 out_dir=outputs/reward_models/pusht_energyflow progress=false $(ARGS)
 
 # Joint-density reward models for the `occupancy` reward (observations noised too, demos of
-# the RL episode length with the expert holding at its goal): obstacles2d ~3 min, Push-T
-# ~40 min on 2 cores. Use with: make reward-eval ARGS='--rl-variant occupancy --model ...'.
-reward-model-joint: venv
+# the RL episode length with the expert holding at its goal): obstacles2d ~6 min (45k steps:
+# the 15k of the first reward.md rows left too thin a margin around the discs), Push-T ~40 min
+# on 2 cores. Use with: make reward-eval ARGS='--rl-variant occupancy --model ...'.
+reward-model-joint: reward-model-joint-obstacles2d reward-model-joint-pusht
+
+reward-model-joint-obstacles2d: venv
 	$(PY) -m energyflow_ros.cli.trainer --config config/train_obstacles2d.yaml \
-		method=energyflow optim.steps=15000 optim.batch_size=256 eval.every=0 \
+		method=energyflow optim.steps=45000 optim.batch_size=256 eval.every=0 \
 		eval.episodes=30 method_config.energyflow.obs_noise_max=1.0 data.episode_ticks=60 \
-		out_dir=outputs/reward_models/obstacles2d_joint progress=false $(ARGS)
+		out_dir=outputs/reward_models/obstacles2d_joint45k progress=false $(ARGS)
+
+reward-model-joint-pusht: venv
 	$(PY) -m energyflow_ros.cli.trainer --config config/train_pusht.yaml method=energyflow \
 		backbone.kind=mlp optim.steps=12000 optim.lr=1e-3 ema_decay=0.999 eval.every=0 \
 		eval.episodes=20 method_config.energyflow.obs_noise_max=1.0 data.episode_ticks=300 \
