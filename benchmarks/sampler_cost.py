@@ -144,7 +144,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
     try:
-        _pairs(args.lean_warm)
+        _lean_warm(args.lean_warm)
         _floats(args.warm_start_times)
     except ValueError as err:
         parser.error(str(err))
@@ -162,7 +162,7 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f'--warm-start-times: {text!r} is not a list of numbers') from None
 
 
-def _pairs(text: str) -> list[tuple[int, int, int]]:
+def _lean_warm(text: str) -> list[tuple[int, ...]]:
     """``--lean-warm`` items as (N, warm K, cold K)."""
     settings = []
     for item in (v for v in text.split(',') if v):
@@ -170,8 +170,7 @@ def _pairs(text: str) -> list[tuple[int, int, int]]:
         if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) >= 1 for p in parts):
             raise ValueError(f'--lean-warm: {item!r} is not N:K or N:K:C with positive '
                              'integers')
-        n, k, c = (int(p) for p in parts + ['20'][: 3 - len(parts)])
-        settings.append((n, k, c))
+        settings.append((*map(int, parts), 20)[:3])
     return settings
 
 
@@ -185,7 +184,7 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
                          args.particles, 20, k, 0.0) for k in _ints(args.hold_steps)]
     settings += [Setting(f'energyflow warm K={k} N={n}' + (f' cold K={c}' if c != 20 else ''),
                          'energyflow', args.energy, n, c, k, args.warm_extrapolation)
-                 for n, k, c in _pairs(args.lean_warm)]
+                 for n, k, c in _lean_warm(args.lean_warm)]
     settings += [Setting(f'energyflow warm K={k} t={t:g}', 'energyflow', args.energy,
                          args.particles, 20, k, args.warm_extrapolation, t)
                  for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]

@@ -45,8 +45,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
-                       '--particles', '4', '--lean-warm', '2:1,1:1:2', '--warm-start-times', '0.8',
-                       '--threads', '1',
+                       '--particles', '4', '--lean-warm', '2:1,1:1:2',
+                       '--warm-start-times', '0.8', '--threads', '1',
                        '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
@@ -134,8 +134,8 @@ def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
     assert exc.value.code == 2 and 'nope.pt: no such checkpoint' in capsys.readouterr().err
 
 
-def test_lean_warm_pairs_are_validated(bench, capsys):
-    assert bench._pairs('4:3,8:2,2:2:5') == [(4, 3, 20), (8, 2, 20), (2, 2, 5)]
+def test_lean_warm_settings_are_validated(bench, capsys):
+    assert bench._lean_warm('4:3,8:2,2:2:5') == [(4, 3, 20), (8, 2, 20), (2, 2, 5)]
     with pytest.raises(SystemExit):
         bench._parse(['--lean-warm', '4-3', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'4-3' is not N:K" in capsys.readouterr().err
