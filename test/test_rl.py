@@ -184,6 +184,8 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     assert '--gamma 1.0: expected 0 <= gamma < 1' in capsys.readouterr().err
     with pytest.raises(ValueError, match='SACConfig.gamma = -0.1'):
         SACConfig(gamma=-0.1)
+    with pytest.raises(ValueError, match='SACConfig.train_freq = 0 is invalid'):
+        SACConfig(train_freq=0)
     code = reward_eval.main(['--smoke', '--no-rl', '--sigmas', 'tiny', '--out', str(tmp_path)])
     assert code == 2
     assert "sigma 'tiny': expected 'min', 'rank' or a number" in capsys.readouterr().err

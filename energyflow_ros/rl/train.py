@@ -71,6 +71,10 @@ class SACConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f'SACConfig.gamma = {self.gamma} is invalid: expected 0 <= gamma < 1')
+        for name in ('batch_size', 'train_freq', 'gradient_steps'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'SACConfig.{name} = {getattr(self, name)} is invalid: '
+                                 'expected a positive integer')
 
 
 def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
