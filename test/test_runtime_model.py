@@ -18,7 +18,7 @@ from energyflow_ros.runtime import (
     NotAnOnnxModelError, ProviderConfig, ProviderConfigError, read_metadata,
 )
 from energyflow_ros.runtime.model_format import graph_path, METADATA_KEY
-from energyflow_ros.runtime.providers import provider_chain
+from energyflow_ros.runtime.providers import BoundRunner, provider_chain
 from test.export_fixtures import export_tiny, JOINTS
 
 
@@ -156,6 +156,20 @@ def test_io_binding_and_plain_runs_agree(family):
     assert not np.allclose(first, second)
     with pytest.raises(KeyError, match='not loaded'):
         bound.run('gradient', feeds)
+
+
+def test_bound_runners_pass_run_options_only_for_a_cuda_graph(family):
+    # onnxruntime looks the graph id up in the run options on every run, and a missing entry
+    # costs a caught exception each time: without a CUDA graph, no options at all
+    import onnxruntime as ort
+    session = ort.InferenceSession(graph_path(family['energyflow'], 'energy'),
+                                   providers=['CPUExecutionProvider'])
+    shapes = {'obs': (1, 6), 'actions': (1, 3, 4, 2), 'sigma': (1,)}
+    feeds = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
+    plain, graphed = BoundRunner(session, shapes), BoundRunner(session, shapes, graph_id=3)
+    assert plain.options is None
+    assert graphed.options.get_run_config_entry('gpu_graph_id') == '3'
+    np.testing.assert_array_equal(plain.run(feeds)['energies'], graphed.run(feeds)['energies'])
 
 
 def test_runtime_modules_do_not_import_torch():
