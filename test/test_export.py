@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from energyflow_ros.core.energy import candidate_energies_and_grads
+from energyflow_ros.core.energy import candidate_energies, candidate_energies_and_grads
 from energyflow_ros.core.methods import build_method
 from energyflow_ros.export import onnx_export
 from energyflow_ros.export.graphs import AutogradEnergyTerm, energy_term
@@ -114,6 +114,15 @@ def test_sampler_spec_rejects_bad_counts_and_describes_baselines():
     assert sampler_spec(tiny_method('mse')).init == 'none'
     rnce = sampler_spec(tiny_method('rnce'))
     assert rnce.init == 'proposal' and rnce.kind == 'gradient'
+    ranked = sampler_spec(tiny_method('rnce'), n_particles=5, n_steps=0)
+    assert (ranked.kind, ranked.init, ranked.n_particles, ranked.n_steps) == (
+        'proposal_rank', 'proposal', 5, 0)
+    assert ranked.cold is None and ranked.warm is None and ranked.energy_based
+    for name in ('energyflow', 'irnce', 'ibc'):     # their samplers do not start from a proposal
+        with pytest.raises(ValueError, match=r'n_steps = 0 is invalid.*R-NCE only'):
+            sampler_spec(tiny_method(name), n_steps=0)
+    with pytest.raises(ValueError, match='no warm start'):
+        sampler_spec(tiny_method('rnce'), n_steps=0, warm_steps=2)
 
 
 @pytest.mark.parametrize('name', ['energyflow', 'irnce', 'rnce', 'ibc', 'diffusion', 'mse'])
@@ -182,6 +191,50 @@ def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_pat
                                   meta.sampler.rank_sigma)[0].numpy(), axis=1))
 
 
+def test_rnce_without_langevin_steps_draws_and_ranks_in_one_graph(tmp_path):
+    path, method = export_tiny(str(tmp_path), 'rnce', n_steps=0, n_particles=6)
+    meta = _metadata(path)
+    assert meta.sampler.kind == 'proposal_rank' and meta.sampler.n_particles == 6
+    assert set(meta.extra['parity']) == {'sampler', 'energy', 'gradient', 'proposal'}
+    assert not os.path.exists(graph_path(path, 'warm_sampler'))
+    session = _session(path)
+    assert [i.name for i in session.get_inputs()] == ['obs', 'uniforms', 'normals',
+                                                      'rank_sigma']
+    for b, n in ((1, 3), (4, 9)):
+        gen = torch.Generator().manual_seed(b * n)
+        obs, normals = torch.randn((b, 6), generator=gen), torch.randn((b, n, 4, 2),
+                                                                      generator=gen)
+        uniforms = torch.rand((b, n), generator=gen)
+        action, energy, particles, energies = session.run(None, {
+            'obs': obs.numpy(), 'uniforms': uniforms.numpy(), 'normals': normals.numpy(),
+            'rank_sigma': np.zeros(1, np.float32)})
+        # each particle is its component's mean plus its std times the normal draw, the
+        # component being the first whose cumulative weight exceeds the uniform draw
+        with torch.no_grad():
+            log_w, means, stds = method.proposal.parameters_for(obs)
+        cdf = np.cumsum(np.exp(log_w.numpy()), axis=1)
+        for i in range(b):
+            for j in range(n):
+                c = min(int(np.sum(uniforms[i, j].item() > cdf[i])), cdf.shape[1] - 1)
+                want = means[i, c] + stds[i, c] * normals[i, j].flatten()
+                np.testing.assert_allclose(particles[i, j].ravel(), want.numpy(), rtol=1e-5,
+                                           atol=1e-5)
+        with torch.no_grad():
+            ref = candidate_energies(method.energy, obs, torch.as_tensor(particles), None)
+        np.testing.assert_allclose(energies, ref.numpy(), rtol=1e-4, atol=1e-4)
+        best = np.argmin(energies, axis=1)
+        np.testing.assert_array_equal(action, particles[np.arange(b), best])
+        np.testing.assert_array_equal(energy, energies[np.arange(b), best])
+    # uniforms pick the components: all draws below the first weight take component 0
+    lowest = np.zeros((1, 4), np.float32)
+    out = session.run(['particles'], {'obs': np.zeros((1, 6), np.float32), 'uniforms': lowest,
+                                      'normals': np.zeros((1, 4, 4, 2), np.float32),
+                                      'rank_sigma': np.zeros(1, np.float32)})[0]
+    with torch.no_grad():
+        mean0 = method.proposal.parameters_for(torch.zeros(1, 6))[1][0, 0].numpy()
+    np.testing.assert_allclose(out[0], np.tile(mean0.reshape(1, 4, 2), (4, 1, 1)), atol=1e-5)
+
+
 def test_benchmark_sized_model_stays_small(tmp_path):
     spec = type(SPEC)(obs_dim=8, action_dim=2, horizon=16)
     method = build_method('energyflow', spec, {'kind': 'mlp', 'mlp': {'hidden': 256,
@@ -224,6 +277,24 @@ def test_parity_gate_refuses_and_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ParityError, match=r'energy: max \|ort - torch\| = [0-9.e-]+, exceeds'):
         export_method(tiny_method('energyflow'), obs_norm, act_norm, train_meta(),
                       str(tmp_path / 'm.onnx'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_parity_gate_checks_the_proposal_rank_sampler(tmp_path, monkeypatch):
+    real_build = onnx_export.build_graphs
+
+    def corrupted(method, spec):
+        models = real_build(method, spec)
+        with torch.no_grad():       # the graphs now hold a proposal the torch side does not
+            for p in method.proposal.parameters():
+                p.add_(0.05)
+        return models
+
+    monkeypatch.setattr(onnx_export, 'build_graphs', corrupted)
+    obs_norm, act_norm = normalizers()
+    with pytest.raises(ParityError, match=r'sampler: max \|ort - torch\| = [0-9.e-]+, exceeds'):
+        export_method(tiny_method('rnce'), obs_norm, act_norm, train_meta(),
+                      str(tmp_path / 'm.onnx'), n_steps=0)
     assert os.listdir(tmp_path) == []
 
 

@@ -48,9 +48,20 @@ def test_failures_exit_1_with_the_reason(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ['c.pt', 'd.pt']
 
 
+def test_zero_steps_export_rnce_as_ranked_proposal_draws(tmp_path, capsys):
+    ckpt = write_checkpoint(str(tmp_path / 'r.pt'), tiny_method('rnce'), train_meta())
+    out = str(tmp_path / 'r.onnx')
+    assert main(['--checkpoint', ckpt, '--out', out, '--steps', '0', '--particles', '9']) == 0
+    assert 'sampler: proposal_rank, N=9, init=proposal' in capsys.readouterr().out
+    assert read_metadata(out).sampler.kind == 'proposal_rank'
+    ckpt = write_checkpoint(str(tmp_path / 'e.pt'), tiny_method('energyflow'), train_meta())
+    assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'e.onnx'), '--steps', '0']) == 1
+    assert 'n_steps = 0 is invalid' in capsys.readouterr().err
+
+
 def test_bad_arguments_are_usage_errors(tmp_path, capsys):
     for argv in (['--checkpoint', 'c.pt', '--out', 'model.pt'],
-                 ['--checkpoint', 'c.pt', '--out', 'm.onnx', '--steps', '0'],
+                 ['--checkpoint', 'c.pt', '--out', 'm.onnx', '--steps', '-1'],
                  ['--out', 'm.onnx']):
         with pytest.raises(SystemExit) as info:
             main(argv)

@@ -79,6 +79,9 @@ def test_unknown_format_version_and_bad_metadata(tmp_path, family):
     _rewrite_metadata(path, sampler={**sampler, 'ddim_steps': 0})
     with pytest.raises(ModelMetadataError, match='sampler.ddim_steps = 0'):
         read_metadata(path)
+    _rewrite_metadata(path, sampler={**sampler, 'kind': 'proposal_rank'})   # has schedules
+    with pytest.raises(ModelMetadataError, match='proposal_rank sampler draws from the proposal'):
+        read_metadata(path)
     _rewrite_metadata(path, sampler=sampler, format_version=99)
     with pytest.raises(ModelVersionError, match='version 99 is not supported'):
         load_model(path)

@@ -166,6 +166,34 @@ def test_rnce_cold_start_draws_from_the_proposal(tiny, monkeypatch):
     assert plan.particles.shape == (500, 4, 2)
 
 
+def test_rnce_without_langevin_steps_plans_in_one_graph_call(tmp_path, monkeypatch):
+    path, method = export_tiny(str(tmp_path), 'rnce', n_steps=0)
+    model = load_model(path)
+    planner = ChunkPlanner(model, n_particles=500, seed=0)
+    assert not planner.warm_start                  # every chunk is drawn afresh
+    calls = _spy(model, monkeypatch)
+    history = np.zeros((2, 3))
+    plan = planner.plan(history)
+    assert [c[0] for c in calls] == ['sampler'] and not plan.warm
+    feeds = calls[0][1]
+    assert feeds['uniforms'].shape == (1, 500) and feeds['normals'].shape == (1, 500, 4, 2)
+    assert 0 <= feeds['uniforms'].min() and feeds['uniforms'].max() < 1
+    # the particles are the proposal's draws and the plan is the lowest-energy one
+    with torch.no_grad():
+        log_w, means, stds = method.proposal.parameters_for(torch.tensor(feeds['obs']))
+    expected_mean = (log_w.exp()[0, :, None] * means[0]).sum(0).numpy()
+    spread = float(stds.max() + (means - means.mean(1, keepdim=True)).abs().max())
+    np.testing.assert_allclose(plan.particles.reshape(500, -1).mean(axis=0), expected_mean,
+                               atol=4 * spread / np.sqrt(500))
+    energies = model.run('energy', {'obs': feeds['obs'], 'actions': plan.particles[None],
+                                    'sigma': np.zeros(1, np.float32)})['energies'][0]
+    np.testing.assert_allclose(plan.normalized_actions, plan.particles[np.argmin(energies)])
+    again = ChunkPlanner(model, n_particles=500, seed=0).plan(history)
+    np.testing.assert_array_equal(again.actions, plan.actions)          # seeded
+    assert not np.array_equal(planner.plan(history).actions, plan.actions)  # fresh draws
+    assert planner.plan_batch(np.zeros((3, 2, 3))).actions.shape == (3, 4, 2)
+
+
 def test_baselines_plan_like_their_torch_models(tiny):
     obs_norm, act_norm = normalizers()
     history = np.random.default_rng(2).normal(size=(2, 3)) * 2 + 1

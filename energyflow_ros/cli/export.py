@@ -29,12 +29,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is not a step count (>= 0)')
+    return value
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='energyflow-export', description=__doc__.split('\n')[0])
     parser.add_argument('--checkpoint', required=True, help='checkpoint written by the trainer')
     parser.add_argument('--out', required=True, help='the sampler file, <stem>.onnx')
     parser.add_argument('--particles', type=_positive, help='default particle count N')
-    parser.add_argument('--steps', type=_positive, help='unrolled steps K of the sampler')
+    parser.add_argument('--steps', type=_steps,
+                        help='unrolled steps K of the sampler (R-NCE: 0 ranks proposal draws '
+                        'by the energy without Langevin steps, in one graph)')
     parser.add_argument('--warm-steps', type=_positive, help='unrolled steps of the warm sampler')
     parser.add_argument('--warm-start-t', type=float,
                         help='EnergyFlow: flow time a warm-started chunk is re-noised to '

@@ -32,8 +32,8 @@ from energyflow_ros.core.samplers import ddim_steps, ddim_update
 
 __all__ = [
     'activation_and_slope', 'MLPEnergyTerm', 'MixtureLogDensityTerm', 'ResidualEnergyTerm',
-    'AutogradEnergyTerm', 'EnergyGraph', 'GradientGraph', 'ProposalGraph', 'DDIMGraph',
-    'RegressionGraph', 'energy_term', 'is_sigma_conditioned',
+    'AutogradEnergyTerm', 'EnergyGraph', 'GradientGraph', 'ProposalGraph', 'ProposalRankGraph',
+    'DDIMGraph', 'RegressionGraph', 'energy_term', 'is_sigma_conditioned', 'mixture_draws',
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -256,6 +256,42 @@ class ProposalGraph(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.proposal.parameters_for(obs)
+
+
+def mixture_draws(log_w: torch.Tensor, means: torch.Tensor, stds: torch.Tensor,
+                  uniforms: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """Draws (B, N, D) from diagonal Gaussian mixtures (B, C, D) by inverse CDF.
+
+    Particle n takes the first component whose cumulative weight exceeds ``uniforms[:, n]``
+    (the runtime's ``sample_mixture`` rule) and adds ``normals`` (B, N, D) times its std.
+    """
+    cdf = torch.cumsum(torch.softmax(log_w, dim=-1), dim=-1)                   # (B, C)
+    below = (uniforms.unsqueeze(-1) > cdf.unsqueeze(1)).to(torch.int64)       # (B, N, C)
+    comp = torch.clamp(below.sum(-1), max=log_w.shape[1] - 1)
+    idx = comp.unsqueeze(-1).expand(-1, -1, means.shape[-1])
+    return means.gather(1, idx) + stds.gather(1, idx) * normals
+
+
+class ProposalRankGraph(nn.Module):
+    """Graph ``sampler`` of R-NCE without Langevin steps: proposal draws ranked by the energy.
+
+    ``forward(obs (B, O), uniforms (B, N), normals (B, N, H, A), rank_sigma (1,))`` ->
+    action (B, H, A), energy (B,), particles (B, N, H, A), energies (B, N).
+    """
+
+    def __init__(self, term: nn.Module, proposal: GaussianMixtureProposal) -> None:
+        super().__init__()
+        self.term, self.proposal = term, proposal
+
+    def forward(self, obs: torch.Tensor, uniforms: torch.Tensor, normals: torch.Tensor,
+                rank_sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        log_w, means, stds = self.proposal.parameters_for(obs)
+        flat = mixture_draws(log_w, means, stds, uniforms, normals.flatten(2))
+        particles = flat.view(normals.shape)
+        energies = self.term.energy(obs, particles, rank_sigma)
+        best = energies.argmin(dim=1)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        return particles[rows, best], energies[rows, best], particles, energies
 
 
 def _no_energy(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,8 @@ from energyflow_ros.core.reward import reference_chunks
 from energyflow_ros.data.dataset import Normalizer
 from energyflow_ros.export.compose import fused_sampler_model, strip_node_metadata
 from energyflow_ros.export.graphs import (
-    DDIMGraph, EnergyGraph, energy_term, GradientGraph, ProposalGraph, RegressionGraph,
+    DDIMGraph, EnergyGraph, energy_term, GradientGraph, ProposalGraph, ProposalRankGraph,
+    RegressionGraph,
 )
 from energyflow_ros.export.parity import check_parity
 from energyflow_ros.export.sampler_specs import reward_sigma, sampler_spec
@@ -80,8 +81,15 @@ def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto
                        ['energies', 'grads'], axes, traced=traced)
     models = {'energy': strip_node_metadata(energy), 'gradient': strip_node_metadata(gradient)}
     chunk, obs_dim = method.chunk_shape, method.spec.obs_dim
-    models['sampler'] = fused_sampler_model(gradient, energy, spec.cold.n_steps, obs_dim, chunk,
-                                            'sampler')
+    if spec.kind == 'proposal_rank':
+        uniforms = torch.rand(actions.shape[:2], generator=torch.Generator().manual_seed(1))
+        models['sampler'] = strip_node_metadata(to_onnx(
+            ProposalRankGraph(term, method.proposal), (obs, uniforms, actions, sigma),
+            ['obs', 'uniforms', 'normals', 'rank_sigma'], SAMPLER_OUTPUTS,
+            {'obs': {0: 'B'}, 'uniforms': {0: 'B', 1: 'N'}, 'normals': {0: 'B', 1: 'N'}}))
+    else:
+        models['sampler'] = fused_sampler_model(gradient, energy, spec.cold.n_steps, obs_dim,
+                                                chunk, 'sampler')
     if spec.warm is not None:
         models['warm_sampler'] = fused_sampler_model(gradient, energy, spec.warm.n_steps,
                                                      obs_dim, chunk, 'warm_sampler')
@@ -140,7 +148,7 @@ def build_metadata(method: Method, obs_normalizer: Normalizer, action_normalizer
     obs_stats = _check_layout(method, meta, obs_normalizer, action_normalizer)
     horizon, action_dim = method.chunk_shape
     joints = list(joint_names or meta.get('joint_names') or meta['action_names'])
-    energy_based = spec.kind == 'gradient'
+    energy_based = spec.energy_based
     refs = reference_chunks(REWARD_REFERENCES, horizon, action_dim) if energy_based else None
     data = {
         'format_version': MODEL_FORMAT_VERSION, 'method': method.name, 'graph': 'sampler',

@@ -2,8 +2,10 @@
 
 The torch side is the method itself: its energy differentiated by autograd, unrolled with the
 same schedule, initial particles and noise as the fused graph (:func:`reference_sampler`), its
-DDIM sampler, regressor and proposal. Inputs are random; the gate compares every graph's outputs
-elementwise against ``atol + rtol * |torch|`` and requires the same chosen particle (up to ties).
+DDIM sampler, regressor and proposal (and, for R-NCE without Langevin steps, its proposal's
+draws for the same uniform and normal inputs ranked by its energy). Inputs are random; the gate
+compares every graph's outputs elementwise against ``atol + rtol * |torch|`` and requires the
+same chosen particle (up to ties).
 """
 
 from __future__ import annotations
@@ -190,6 +192,31 @@ def _simple_parity(graph: str, model: onnx.ModelProto, obs: torch.Tensor,
 
 
 @torch.no_grad()
+def _proposal_rank_parity(method: RNCEMethod, model: onnx.ModelProto, gen: torch.Generator,
+                          atol: float, rtol: float) -> GraphParity:
+    """The in-graph proposal draws and ranking against the proposal and energy in torch."""
+    h, a = method.chunk_shape
+    obs = torch.randn((_B, method.spec.obs_dim), generator=gen)
+    uniforms = torch.rand((_B, _N), generator=gen)
+    normals = torch.randn((_B, _N, h, a), generator=gen)
+    log_w, means, stds = method.proposal.parameters_for(obs)
+    cdf = torch.cumsum(log_w.exp(), dim=-1)
+    comp = torch.searchsorted(cdf, uniforms, right=True).clamp(max=cdf.shape[1] - 1)
+    idx = comp.unsqueeze(-1).expand(-1, -1, means.shape[-1])
+    particles = (means.gather(1, idx) + stds.gather(1, idx) * normals.flatten(2)).view(
+        normals.shape)
+    ref_e = candidate_energies(method.energy, obs, particles, None)
+    action, energy, got_particles, energies = _session(model).run(
+        ['action', 'energy', 'particles', 'energies'],
+        {'obs': obs.numpy(), 'uniforms': uniforms.numpy(), 'normals': normals.numpy(),
+         'rank_sigma': np.zeros(1, np.float32)})
+    picked = particles[torch.arange(_B), torch.as_tensor(np.argmin(energies, axis=1))]
+    return _compare('sampler', [(got_particles, particles), (energies, ref_e), (action, picked),
+                                (energy, ref_e.min(dim=1).values)], rtol,
+                    _same_choice(energies, ref_e, atol, rtol))
+
+
+@torch.no_grad()
 def _proposal_parity(method: RNCEMethod, model: onnx.ModelProto, gen: torch.Generator,
                      rtol: float) -> GraphParity:
     obs = torch.randn((_B, method.spec.obs_dim), generator=gen)
@@ -225,6 +252,11 @@ def check_parity(method: Method, models: dict[str, onnx.ModelProto], spec: Sampl
             x = method.net(obs)
         results.append(_simple_parity('sampler', models['sampler'], obs,
                                       ['action', 'particles'], [x, x.unsqueeze(1)], rtol))
+    elif spec.kind == 'proposal_rank':
+        results += _energy_parity(method, models['energy'], models['gradient'], [1.0], gen,
+                                  rtol)
+        results.append(_proposal_rank_parity(method, models['sampler'], gen, atol, rtol))
+        results.append(_proposal_parity(method, models['proposal'], gen, rtol))
     else:
         sigmas = sorted({float(spec.rank_sigma) or 1.0, float(spec.cold.sigmas[0]) or 1.0})
         results += _energy_parity(method, models['energy'], models['gradient'], sigmas, gen,

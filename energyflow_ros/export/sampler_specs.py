@@ -10,7 +10,8 @@ torch side of the same unrolling):
 * Interpolating R-NCE: annealed Langevin exactly as ``AnnealedLangevinSampler``; the warm
   schedule is the tail (lowest scales) of the cold one.
 * R-NCE: Langevin at a fixed step on the sigma-free energy, cold start drawn from the exported
-  proposal, as ``ProposalLangevinSampler``.
+  proposal, as ``ProposalLangevinSampler``. With K = 0 (kind ``'proposal_rank'``) the N
+  proposal draws are only ranked by the energy, inside one graph.
 * IBC: its Langevin variant (Florence et al. 2021): ``a <- a - s_k (0.5 grad E + z)`` with
   ``s_k`` decayed polynomially (power 2) from 1e-1 to 1e-5, Gaussian cold start. IBC's
   derivative-free optimiser (its default sampler) resamples and is not exported; the action
@@ -110,6 +111,11 @@ def _irnce(method: InterpolatingRNCEMethod, n: int | None, k: int | None,
 
 def _rnce(method: RNCEMethod, n: int | None, k: int | None, warm: int | None) -> SamplerSpec:
     cfg = method.cfg.langevin
+    if k == 0:
+        if warm is not None:
+            raise ValueError('warm_steps: an R-NCE sampler without Langevin steps (n_steps = 0) '
+                             'draws every chunk afresh from the proposal; it has no warm start')
+        return SamplerSpec('proposal_rank', n or cfg.n_particles, 'proposal', 0.0)
     k = k or cfg.n_scales * cfg.steps_per_scale
     noise = cfg.noise * (2.0 * cfg.step_size) ** 0.5
     cold = StepSchedule((0.0,) * k, (cfg.step_size,) * k, (noise,) * k, 0.0)
@@ -135,7 +141,8 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
     Args:
         method: the trained method.
         n_particles: N (default: the method's sampler config).
-        n_steps: K of the cold sampler (default: the method's sampler config).
+        n_steps: K of the cold sampler (default: the method's sampler config); 0 for R-NCE:
+            proposal draws ranked by the energy, no Langevin step.
         warm_steps: K of the warm sampler (default: per method, see the module docstring).
         warm_start_t: EnergyFlow only: the flow time a warm-started chunk is re-noised to and
             integrated from (default: the trained config's ``flow.warm_start_t``). Larger
@@ -147,8 +154,11 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
     """
     for name, value in (('n_particles', n_particles), ('n_steps', n_steps),
                         ('warm_steps', warm_steps)):
+        if value == 0 and name == 'n_steps' and _plain_rnce(method):
+            continue        # proposal draws ranked by the energy, no Langevin step
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f'{name} = {value!r} is invalid: expected a positive integer')
+            raise ValueError(f'{name} = {value!r} is invalid: expected a positive integer'
+                             + (' (0 steps: R-NCE only)' if name == 'n_steps' else ''))
     if warm_start_t is not None and not isinstance(method, EnergyFlowMethod):
         raise ValueError(f'warm_start_t applies to EnergyFlow models only, not {method.name}')
     if isinstance(method, EnergyFlowMethod):
@@ -167,6 +177,11 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
         if isinstance(method, cls):
             return build(method, n_particles, n_steps, warm_steps)
     raise ValueError(f'no exportable sampler for method {method.name!r}')
+
+
+def _plain_rnce(method: Method) -> bool:
+    """R-NCE proper (its sampler starts from the proposal), not its interpolating form."""
+    return isinstance(method, RNCEMethod) and not isinstance(method, InterpolatingRNCEMethod)
 
 
 def reward_sigma(method: Method) -> float:

@@ -20,6 +20,13 @@ under the metadata_props key :data:`METADATA_KEY`:
              ``particles`` (B, N, H, A) every final particle (for warm start);
              ``energies`` (B, N) every particle's energy.
 
+    R-NCE exported without Langevin steps (``sampler.kind == 'proposal_rank'``) draws its N
+    particles from the learned proposal inside the graph and only ranks them: inputs ``obs``;
+    ``uniforms`` (B, N) float32 in [0, 1) choosing each particle's mixture component (the
+    first whose cumulative weight exceeds it); ``normals`` (B, N, H, A) float32 standard
+    normal draws scaled by that component's std and added to its mean; ``rank_sigma``. Same
+    outputs.
+
     For the diffusion baseline (``sampler.kind == 'ddim'``) the graph is the unrolled DDIM
     loop with inputs ``obs``, ``init`` (B, 1, H, A) = the initial N(0, I) draw and the same
     outputs (energies zero); for MSE (``'regression'``) inputs are ``obs`` only.
@@ -44,7 +51,8 @@ import math
 from typing import Any
 
 __all__ = [
-    'MODEL_FORMAT_VERSION', 'METADATA_KEY', 'GRAPH_SUFFIXES', 'SAMPLER_KINDS', 'INIT_KINDS',
+    'MODEL_FORMAT_VERSION', 'METADATA_KEY', 'GRAPH_SUFFIXES', 'SAMPLER_KINDS', 'ENERGY_KINDS',
+    'INIT_KINDS',
     'ModelFormatError', 'StepSchedule', 'SamplerSpec', 'ModelMetadata', 'graph_path',
 ]
 
@@ -58,8 +66,11 @@ GRAPH_SUFFIXES = {
     'gradient': '.grad.onnx',
     'proposal': '.proposal.onnx',
 }
-SAMPLER_KINDS = ('gradient', 'ddim', 'regression')
+SAMPLER_KINDS = ('gradient', 'proposal_rank', 'ddim', 'regression')
+# samplers of energy models: N particles ranked by the energy (the others return one chunk)
+ENERGY_KINDS = ('gradient', 'proposal_rank')
 # how cold-start particles are drawn: N(0, init_std^2 I), or from the exported proposal graph
+# (for proposal_rank, from the same mixture inside the sampler graph)
 INIT_KINDS = ('gaussian', 'proposal', 'none')
 
 
@@ -154,8 +165,16 @@ class SamplerSpec:
 
     @property
     def n_steps(self) -> int | None:
-        """Unrolled steps of the cold ``sampler`` graph (None for regression)."""
+        """Unrolled steps of the cold ``sampler`` graph (0 for proposal_rank, None for
+        regression)."""
+        if self.kind == 'proposal_rank':
+            return 0
         return self.cold.n_steps if self.cold is not None else self.ddim_steps
+
+    @property
+    def energy_based(self) -> bool:
+        """Whether the sampler ranks N particles by an energy (see :data:`ENERGY_KINDS`)."""
+        return self.kind in ENERGY_KINDS
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'SamplerSpec':
@@ -173,6 +192,10 @@ class SamplerSpec:
         warm = StepSchedule.from_dict(data['warm'], 'sampler.warm') if data.get('warm') else None
         _require(kind != 'gradient' or cold is not None,
                  'metadata sampler.cold is required for a gradient sampler')
+        _require(kind != 'proposal_rank' or (init == 'proposal' and cold is None and
+                                             warm is None),
+                 'metadata sampler: a proposal_rank sampler draws from the proposal and has no '
+                 'step schedules')
         ddim_steps = data.get('ddim_steps')
         _require(ddim_steps is None or (isinstance(ddim_steps, int) and ddim_steps > 0),
                  f'metadata sampler.ddim_steps = {ddim_steps!r}: expected a positive integer')

@@ -197,6 +197,10 @@ def _warmup_feeds(metadata: ModelMetadata, graph: str, n: int) -> dict[str, np.n
         m = 1 + len(metadata.reward_reference)
         return {'obs': obs, 'actions': np.zeros((1, m, h, a), np.float32),
                 'sigma': np.array([metadata.reward_sigma or 1.0], np.float32)}
+    if metadata.sampler.kind == 'proposal_rank':
+        return {'obs': obs, 'uniforms': np.zeros((1, n), np.float32),
+                'normals': np.zeros((1, n, h, a), np.float32),
+                'rank_sigma': np.array([metadata.sampler.rank_sigma], np.float32)}
     schedule = metadata.sampler.cold if graph == 'sampler' else metadata.sampler.warm
     k = schedule.n_steps
     return {'obs': obs, 'init': np.zeros((1, n, h, a), np.float32),
@@ -221,7 +225,8 @@ def _read_family(path: str, graphs: Iterable[str]) -> dict[str, ModelMetadata]:
             raise ModelMetadataError(f'{file} does not belong to the export of {path} (graph '
                                      f'{meta.graph!r}, other metadata); re-export the model')
         family[graph] = meta
-    if sampler.sampler.init == 'proposal' and 'proposal' not in family:
+    if sampler.sampler.kind == 'gradient' and sampler.sampler.init == 'proposal' and \
+            'proposal' not in family:
         raise ModelNotFoundError(f'{graph_path(path, "proposal")}: this model starts its '
                                  'sampler from the proposal graph, which is missing')
     return family

@@ -134,7 +134,7 @@ class ChunkPlanner:
         self.n_particles = int(n_particles or meta.sampler.n_particles)
         if self.n_particles < 1:
             raise ValueError(f'n_particles = {n_particles} must be >= 1')
-        if meta.sampler.kind != 'gradient':
+        if not meta.sampler.energy_based:
             self.n_particles = 1
         self.warm_start = warm_start and model.has('warm_sampler')
         if not 0.0 <= warm_extrapolation <= 1.0:
@@ -220,6 +220,13 @@ class ChunkPlanner:
             return self.model.run(graph, {'obs': obs})
         if meta.sampler.kind == 'ddim':
             return self.model.run(graph, {'obs': obs, 'init': init})
+        if meta.sampler.kind == 'proposal_rank':
+            b, n = obs.shape[0], self.n_particles
+            return self.model.run(graph, {
+                'obs': obs, 'uniforms': self._rng.random((b, n), dtype=np.float32),
+                'normals': self._rng.standard_normal((b, n, meta.horizon, meta.action_dim),
+                                                     dtype=np.float32),
+                'rank_sigma': np.array([meta.sampler.rank_sigma], dtype=np.float32)})
         schedule = meta.sampler.cold if graph == 'sampler' else meta.sampler.warm
         feeds = {'obs': obs, 'init': init,
                  'sigmas': np.asarray(schedule.sigmas, dtype=np.float32),
@@ -255,7 +262,7 @@ class ChunkPlanner:
 
     def _initial(self, obs: np.ndarray) -> np.ndarray | None:
         kind = self.metadata.sampler.kind
-        if kind == 'regression':
+        if kind in ('regression', 'proposal_rank'):     # proposal_rank draws in its graph
             return None
         if kind == 'ddim':
             h, a = self.metadata.horizon, self.metadata.action_dim

@@ -116,9 +116,9 @@ class EnergyReward:
         self.sigma = float(meta.reward_sigma if sigma is None else sigma)
         self._planner = None
         if variant == 'policy_value':
-            if meta.sampler.kind != 'gradient' or not model.has('sampler'):
+            if not meta.sampler.energy_based or not model.has('sampler'):
                 raise ValueError(f'{model.path}: the policy_value reward needs the loaded '
-                                 'gradient sampler graph')
+                                 'sampler graph of an energy model')
             self._planner = ChunkPlanner(model, seed=seed, warm_start=False)
         if variant == 'occupancy' and not meta.joint_density:
             raise ValueError(f'{model.path}: the occupancy reward needs an energy fitted over '
