@@ -86,8 +86,10 @@ bench-latency: venv
 bench-ros-loop: venv
 	$(PY) benchmarks/ros_loop.py $(ARGS)
 
-# Per-chunk cost at equal quality (EnergyFlow cold / warm vs DDIM) on the quality runs'
-# obstacles2d checkpoints (make eval ARGS="--tasks obstacles2d" first); ~2 min on 2 cores.
+# Per-chunk cost at equal quality (EnergyFlow cold / warm, R-NCE vs DDIM) on the quality runs'
+# obstacles2d checkpoints; ~3 min on 2 cores. Train them first (~25 min) with
+# make eval ARGS="--tasks obstacles2d --methods energyflow,rnce,diffusion --seeds 1
+#   --runs-dir outputs/eval_runs/cpu10k --out outputs/quality_cpu10k device=cpu".
 bench-sampler-cost: venv
 	$(PY) benchmarks/sampler_cost.py $(ARGS)
 
@@ -97,7 +99,7 @@ PUSHT_RUNS ?= outputs/eval_runs/pusht_cpu60k/full/pusht
 bench-sampler-cost-pusht: venv
 	$(PY) benchmarks/sampler_cost.py --energy $(PUSHT_RUNS)/energyflow/seed0/final.pt \
 		--diffusion $(PUSHT_RUNS)/diffusion/seed0/final.pt --episodes 100 \
-		--warm-start-times 0.5,0.7 $(ARGS)
+		--warm-start-times 0.5,0.7 --rnce-settings '' $(ARGS)
 
 colcon-build: venv
 	$(VENV)/bin/colcon build --base-paths . --build-base build --install-base install

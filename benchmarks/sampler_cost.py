@@ -1,30 +1,32 @@
-"""Per-chunk cost at equal quality: EnergyFlow cold / warm-started vs the diffusion baseline.
+"""Per-chunk cost at equal quality: EnergyFlow cold / warm-started and R-NCE vs diffusion.
 
 The latency benchmark times untrained graphs; this one asks what a robot pays for a chunk at a
 given success. Trained checkpoints of the same task (the quality benchmark's runs: same data,
 matched parameter counts) are exported to the ONNX families the policy node runs, with several
-step counts K of the cold and the warm-start sampler (EnergyFlow) and of DDIM (diffusion), and
-each setting drives the task in closed loop through the runtime's :class:`ChunkPlanner`
-(normalise, fused sampler graph, denormalise) exactly as the node does. Per setting: success,
-collisions, the task's headline metric (Push-T: max coverage) and the planner's wall time per
-chunk. The task is the checkpoints' own. Episodes are interleaved across settings
-(episode i of every setting, then episode i + 1), so background load on a shared machine hits
-every setting alike; compare settings by ratios within one run.
+step counts K of the cold and the warm-start sampler (EnergyFlow), particle and step counts of
+R-NCE's sampler (its learned proposal's draws refined by K Langevin steps and ranked by the
+energy) and step counts of DDIM (diffusion), and each setting drives the task in closed loop
+through the runtime's :class:`ChunkPlanner` (normalise, fused sampler graph, denormalise)
+exactly as the node does. Per setting: success, collisions, the task's headline metric (Push-T:
+max coverage) and the planner's wall time per chunk. The task is the checkpoints' own. Episodes
+are interleaved across settings (episode i of every setting, then episode i + 1), so background
+load on a shared machine hits every setting alike; compare settings by ratios within one run.
 
 Results: ``<out>/sampler_cost-<task>-<device>.json`` (one record per setting with keys
 ``setting, method, n_particles, cold_steps, warm_steps, warm_extrapolation, warm_start_t (None:
 the model's own), episodes, success, collision (None where the task has none), metric_name,
 metric_mean, metric_std, plans, p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_ms``) and ``.md``
 with the same-run ratios the inference issue asks for: warm vs cold per-chunk cost at equal
-quality; the cheapest EnergyFlow setting that reaches the diffusion baseline's quality vs the
-cheapest diffusion setting at that quality; and whether any diffusion setting reaches
-EnergyFlow's default quality. Equal quality: equal success, no more collisions (obstacles2d)
-and, where the task scores more than success (Push-T's max coverage, BlockPush's p1), an equal
-headline metric.
+quality; the cheapest setting of each energy-based method (EnergyFlow, R-NCE) that reaches the
+diffusion baseline's quality vs the cheapest diffusion setting at that quality; and whether any
+diffusion setting reaches EnergyFlow's default quality. Equal quality: equal success, no more collisions
+(obstacles2d) and, where the task scores more than success (Push-T's max coverage, BlockPush's
+p1), an equal headline metric.
 
-Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]``
-(``make bench-sampler-cost``: obstacles2d, about 2 minutes on 2 CPU cores;
-``make bench-sampler-cost-pusht``: the Push-T runs, about 30 minutes).
+Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]
+[--rnce CKPT]`` (``--rnce-settings ''`` leaves R-NCE out; ``make bench-sampler-cost``:
+obstacles2d, about 3 minutes on 2 CPU cores; ``make bench-sampler-cost-pusht``: the Push-T
+runs, about 30 minutes).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ EVAL_SEED = 100_000          # the trainer's evaluation seeds: never a demonstra
 # Headline metrics that grade an episode beyond success (higher is better); obstacles2d's
 # path_cost is a cost among successful paths, not a quality gate, so it is only reported.
 QUALITY_METRICS = ('max_coverage', 'p1')
+EBM_METHODS = {'energyflow': 'EnergyFlow', 'rnce': 'R-NCE'}     # method -> name in the text
 
 
 @dataclass
@@ -134,20 +137,28 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='extra warm-start settings with fewer particles, as N:K or N:K:C '
                         '(C: the cold K of each episode\'s first chunk, default 20; the '
                         'per-chunk cost scales with N x K)')
+    parser.add_argument('--rnce', default=f'{RUNS}/rnce/seed0/final.pt',
+                        help='R-NCE checkpoint of the same task and data')
+    parser.add_argument('--rnce-settings', default='32:5,8:1,2:1,32:0,8:0,4:0,2:0',
+                        help='R-NCE settings as N:K (proposal draws, Langevin steps; K = 0: '
+                        'the draws are only ranked by the energy); empty: no R-NCE settings')
     parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
     parser.add_argument('--out', default='benchmarks/results')
     args = parser.parse_args(argv)
-    for name in ('energy', 'diffusion') if _ints(args.ddim_steps) else ('energy',):
+    try:
+        _lean_warm(args.lean_warm)
+        _rnce_settings(args.rnce_settings)
+        _floats(args.warm_start_times)
+    except ValueError as err:
+        parser.error(str(err))
+    needed = ['energy'] + ['diffusion'] * bool(_ints(args.ddim_steps)) + \
+        ['rnce'] * bool(_rnce_settings(args.rnce_settings))
+    for name in needed:
         if not os.path.exists(getattr(args, name)):
             parser.error(f'--{name} {getattr(args, name)}: no such checkpoint (train it with '
                          '`make eval ARGS="--tasks obstacles2d"` or pass one)')
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
-    try:
-        _lean_warm(args.lean_warm)
-        _floats(args.warm_start_times)
-    except ValueError as err:
-        parser.error(str(err))
     return args
 
 
@@ -162,16 +173,31 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f'--warm-start-times: {text!r} is not a list of numbers') from None
 
 
-def _lean_warm(text: str) -> list[tuple[int, ...]]:
-    """``--lean-warm`` items as (N, warm K, cold K)."""
-    settings = []
+def _counts(text: str, option: str, forms: tuple[str, ...],
+            least: tuple[int, ...] = (1, 1, 1)) -> list[tuple[int, ...]]:
+    """Comma-separated items of colon-separated integers, one of ``forms`` each, every part
+    at least its entry of ``least``."""
+    items = []
+    lengths = {form.count(':') + 1 for form in forms}
     for item in (v for v in text.split(',') if v):
         parts = item.split(':')
-        if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise ValueError(f'--lean-warm: {item!r} is not N:K or N:K:C with positive '
-                             'integers')
-        settings.append((*map(int, parts), 20)[:3])
-    return settings
+        if len(parts) not in lengths or not all(p.isdigit() and int(p) >= low
+                                                for p, low in zip(parts, least)):
+            kind = 'positive' if min(least) else 'non-negative'
+            raise ValueError(f'{option}: {item!r} is not {" or ".join(forms)} with {kind} '
+                             'integers' + ('' if min(least) else ' (N >= 1)'))
+        items.append(tuple(map(int, parts)))
+    return items
+
+
+def _lean_warm(text: str) -> list[tuple[int, ...]]:
+    """``--lean-warm`` items as (N, warm K, cold K)."""
+    return [(*item, 20)[:3] for item in _counts(text, '--lean-warm', ('N:K', 'N:K:C'))]
+
+
+def _rnce_settings(text: str) -> list[tuple[int, ...]]:
+    """``--rnce-settings`` items as (N, K); K = 0: proposal draws ranked, no Langevin step."""
+    return _counts(text, '--rnce-settings', ('N:K',), least=(1, 0))
 
 
 def build_settings(args: argparse.Namespace) -> list[Setting]:
@@ -188,6 +214,8 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
     settings += [Setting(f'energyflow warm K={k} t={t:g}', 'energyflow', args.energy,
                          args.particles, 20, k, args.warm_extrapolation, t)
                  for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
+    settings += [Setting(f'rnce N={n} K={k}', 'rnce', args.rnce, n, k, None)
+                 for n, k in _rnce_settings(args.rnce_settings)]
     settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)
                  for k in _ints(args.ddim_steps)]
     return settings
@@ -313,18 +341,21 @@ def comparisons(recs: list[dict[str, Any]]) -> list[str]:
         # cheapest setting at that quality costs, so fewer DDIM steps count in its favour too
         ref = diffusion[0]
         base = min((r for r in diffusion if equal_quality(r, ref)), key=lambda r: r['mean_ms'])
-        ebm = [r for r in recs if r['method'] == 'energyflow' and equal_quality(r, ref)]
-        if ebm:
+        for method, label in EBM_METHODS.items():
+            if not any(r['method'] == method for r in recs):
+                continue
+            ebm = [r for r in recs if r['method'] == method and equal_quality(r, ref)]
+            if not ebm:
+                lines.append(f"- No {label} setting reached {ref['setting']}'s quality "
+                             f"({_quality(ref)}).")
+                continue
             best = min(ebm, key=lambda r: r['mean_ms'])
-            lines.append(f"- Cheapest EnergyFlow setting at {ref['setting']}'s quality "
+            lines.append(f"- Cheapest {label} setting at {ref['setting']}'s quality "
                          f"({_quality(ref)}): {best['setting']} ({_quality(best)}), "
                          f"{best['mean_ms']:.2f} ms per chunk vs {base['mean_ms']:.2f} ms for "
                          f"the cheapest diffusion setting at that quality ({base['setting']}, "
                          f"{_quality(base)}) = {best['mean_ms'] / base['mean_ms']:.2f}x the "
                          "baseline's cost.")
-        else:
-            lines.append(f"- No EnergyFlow setting reached {ref['setting']}'s quality "
-                         f"({_quality(ref)}).")
         # and the other way round: what the baseline pays for EnergyFlow's default quality
         at_cold = [r for r in diffusion if equal_quality(r, cold)]
         if at_cold:
@@ -345,7 +376,8 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
            f"{info['machine']}; torch {info['torch']}, onnxruntime {info['onnxruntime']} "
            f"({info['threads']} intra-op threads); load average {info['load_start']} at start / "
            f"{info['load_end']} at end. Checkpoints: EnergyFlow `{info['energy']}`, diffusion "
-           f"`{info['diffusion']}`. {info['episodes']} episodes per setting (seeds from "
+           f"`{info['diffusion']}`" + (f", R-NCE `{info['rnce']}`" if info.get('rnce') else '') +
+           f". {info['episodes']} episodes per setting (seeds from "
            f'{EVAL_SEED}, interleaved across settings); time = the runtime planner call '
            '(normalise, fused ONNX sampler, denormalise) per chunk.', '',
            f"| setting | N | cold K | warm K | refill | success | collision | {metric} | "
@@ -367,6 +399,11 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
              "mean ± std over episodes; '-': the task has no collisions.",
              'onnxruntime sessions run without thread spinning: the settings alternate, and a '
              "session's spinning threads would slow the next session's call."]
+    if info.get('rnce'):
+        notes.insert(1, 'R-NCE settings plan every chunk cold: N draws from the learned '
+                     'proposal (one proposal-graph call), K Langevin steps of the trained step '
+                     'size on all of them, the lowest energy taken; with K = 0 one graph draws '
+                     'from the proposal and ranks the draws.')
     return '\n'.join(out + ['', '## Same-run ratios', ''] + lines + ['', '## Notes', ''] +
                      [f'- {n}' for n in notes]) + '\n'
 
@@ -387,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     task_name = load_checkpoint(args.energy).payload['train_meta']['task']
     settings = build_settings(args)
     info = {'task': task_name, 'device': 'cpu', 'energy': args.energy,
-            'diffusion': args.diffusion, 'episodes': args.episodes, 'threads': args.threads,
+            'diffusion': args.diffusion,
+            'rnce': args.rnce if _rnce_settings(args.rnce_settings) else None,
+            'episodes': args.episodes, 'threads': args.threads,
             'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
             'torch': torch.__version__, 'onnxruntime': ort.__version__,
             'load_start': [round(v, 2) for v in os.getloadavg()]}

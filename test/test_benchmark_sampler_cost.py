@@ -31,7 +31,7 @@ def bench():
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp('sampler_cost')
     paths = {}
-    for method in ('energyflow', 'diffusion'):
+    for method in ('energyflow', 'diffusion', 'rnce'):
         cfg = load_train_config(config_path('obstacles2d', None), [
             *SMOKE, f'method={method}', f'method_config={json.dumps(SMOKE_METHODS)}',
             'eval.every=0', 'eval.final=false', 'progress=false', 'device=cpu',
@@ -43,7 +43,8 @@ def checkpoints(tmp_path_factory):
 
 def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys):
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
-                       checkpoints['diffusion'], '--episodes', '1', '--cold-steps', '4,2',
+                       checkpoints['diffusion'], '--rnce', checkpoints['rnce'],
+                       '--rnce-settings', '3:2,2:0', '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
                        '--particles', '4', '--lean-warm', '2:1,1:1:2',
                        '--warm-start-times', '0.8', '--threads', '1',
@@ -56,7 +57,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
                          'energyflow warm K=1 N=1 cold K=2',
-                         'energyflow warm K=1 t=0.8',
+                         'energyflow warm K=1 t=0.8', 'rnce N=3 K=2', 'rnce N=2 K=0',
                          'diffusion DDIM-2'}
     for r in recs.values():
         assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
@@ -78,6 +79,13 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert '| collision | path cost | plans |' in table
     assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
     assert recs['diffusion DDIM-2']['n_particles'] == 1
+    rnce = recs['rnce N=3 K=2']
+    assert (rnce['method'], rnce['n_particles'], rnce['cold_steps'], rnce['warm_steps']) == \
+        ('rnce', 3, 2, None)
+    assert rnce['warm_plans'] == 0 and rnce['warm_extrapolation'] is None
+    assert f"R-NCE `{checkpoints['rnce']}`" in table and 'draws from the learned' in table
+    ranked = recs['rnce N=2 K=0']           # proposal draws ranked by the energy, one graph
+    assert (ranked['n_particles'], ranked['cold_steps'], ranked['warm_plans']) == (2, 0, 0)
     assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
 
 
@@ -123,6 +131,12 @@ def test_the_baseline_is_its_cheapest_setting_at_its_reference_quality(bench):
     recs[0]['success'] = 0.5
     assert 'Cheapest diffusion setting at energyflow cold' in bench.comparisons(recs)[-1]
     assert 'No EnergyFlow setting reached' in bench.comparisons(recs)[-2]
+    recs.insert(3, rec('rnce N=8 K=1', 1.0, 0.3))     # R-NCE settings get their own line
+    lines = bench.comparisons(recs)
+    assert 'No EnergyFlow setting reached' in lines[-3]
+    assert 'Cheapest R-NCE setting' in lines[-2] and 'rnce N=8 K=1' in lines[-2]
+    assert '= 0.75x' in lines[-2]
+    del recs[3]
     recs[0]['success'] = 1.0
     recs[0]['collision'], recs[3]['collision'], recs[4]['collision'] = 0.0, 0.3, 0.5
     assert 'No diffusion setting reached energyflow cold' in bench.comparisons(recs)[-1]
@@ -132,6 +146,12 @@ def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(['--energy', str(tmp_path / 'nope.pt'), '--ddim-steps', ''])
     assert exc.value.code == 2 and 'nope.pt: no such checkpoint' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:      # R-NCE settings need their checkpoint
+        bench.main(['--energy', SCRIPT, '--ddim-steps', '', '--rnce', str(tmp_path / 'r.pt')])
+    assert exc.value.code == 2 and '--rnce ' in capsys.readouterr().err
+    args = bench._parse(['--energy', SCRIPT, '--ddim-steps', '', '--rnce', 'r.pt',
+                         '--rnce-settings', ''])
+    assert all(s.method != 'rnce' for s in bench.build_settings(args))  # none asked or needed
 
 
 def test_lean_warm_settings_are_validated(bench, capsys):
@@ -143,6 +163,11 @@ def test_lean_warm_settings_are_validated(bench, capsys):
         with pytest.raises(SystemExit):
             bench._parse(['--lean-warm', bad, '--energy', SCRIPT, '--ddim-steps', ''])
         assert f"'{bad}' is not N:K or N:K:C" in capsys.readouterr().err
+    assert bench._rnce_settings('32:5,4:1,8:0') == [(32, 5), (4, 1), (8, 0)]
+    for bad in ('4', '4:1:2', '0:1'):
+        with pytest.raises(SystemExit):
+            bench._parse(['--rnce-settings', bad, '--energy', SCRIPT, '--ddim-steps', ''])
+        assert f"--rnce-settings: '{bad}' is not N:K with" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench._parse(['--warm-start-times', '0.5,x', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'0.5,x' is not a list of numbers" in capsys.readouterr().err
