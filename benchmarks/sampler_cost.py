@@ -19,9 +19,9 @@ metric_mean, metric_std, plans, p50_ms, p99_ms, mean_ms, warm_plans, warm_mean_m
 with the same-run ratios the inference issue asks for: warm vs cold per-chunk cost at equal
 quality; the cheapest setting of each energy-based method (EnergyFlow, R-NCE) that reaches the
 diffusion baseline's quality vs the cheapest diffusion setting at that quality; and whether any
-diffusion setting reaches EnergyFlow's default quality. Equal quality: equal success, no more collisions
-(obstacles2d) and, where the task scores more than success (Push-T's max coverage, BlockPush's
-p1), an equal headline metric.
+diffusion setting reaches EnergyFlow's default quality. Equal quality: equal success, no more
+collisions (obstacles2d) and, where the task scores more than success (Push-T's max coverage,
+BlockPush's p1), an equal headline metric.
 
 Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]
 [--rnce CKPT]`` (``--rnce-settings ''`` leaves R-NCE out; ``make bench-sampler-cost``:

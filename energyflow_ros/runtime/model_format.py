@@ -52,8 +52,8 @@ from typing import Any
 
 __all__ = [
     'MODEL_FORMAT_VERSION', 'METADATA_KEY', 'GRAPH_SUFFIXES', 'SAMPLER_KINDS', 'ENERGY_KINDS',
-    'INIT_KINDS',
-    'ModelFormatError', 'StepSchedule', 'SamplerSpec', 'ModelMetadata', 'graph_path',
+    'INIT_KINDS', 'ModelFormatError', 'StepSchedule', 'SamplerSpec', 'ModelMetadata',
+    'graph_path',
 ]
 
 MODEL_FORMAT_VERSION = 1
