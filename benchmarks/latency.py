@@ -6,18 +6,26 @@ One run, one model, one set of inputs. Backends, for every particle count N and 
 * ``ort-gradient-loop``: the exported gradient graph called K times from a Python loop;
 * ``ort-fused``: the fused sampler graph (K unrolled steps + ranking in one call, IO-bound);
 * ``ort-fused-warm``: the warm-start graph (few steps from the previous chunk);
-* ``torch-ddim`` / ``ort-ddim``: the diffusion baseline (same MLP size, DDIM) for one chunk.
+* ``torch-ddim`` / ``ort-ddim``: the diffusion baseline (same MLP size, DDIM) for one chunk;
+* with ``--torch-device D``: ``torch-D-handwritten``, the fused graph's own computation (the
+  exported hand-written energy gradient, K unrolled steps, ranking) run by torch on D, and on
+  CUDA ``torch-cuda-graph``, the same captured once as a CUDA graph and replayed. Both copy the
+  observation and the initial particles in and the chosen chunk out on every call, as the node
+  would. This is the GPU path to measure where onnxruntime's CUDA provider cannot be installed
+  (its wheel is 256 MB).
 
 Calls are timed round-robin (every backend once per round), so a machine shared with other
 work slows every backend alike: compare backends by their ratios within one run. Results go to
-``<out>/latency-<device>.json`` (one record per (backend, N, K, device)) and ``.md``.
+``<out>/latency-<device>[-torch-<D>].json`` (one record per (backend, N, K, device)) and ``.md``.
 
-Usage: ``python benchmarks/latency.py [--quick] [--out benchmarks/results] [--device cpu]``.
+Usage: ``python benchmarks/latency.py [--quick] [--out benchmarks/results] [--device cpu]
+[--torch-device cuda]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import dataclass, field
 import json
 import os
@@ -39,7 +47,7 @@ from energyflow_ros.core.config import ChunkSpec  # noqa: E402
 from energyflow_ros.core.methods import build_method, Method  # noqa: E402
 from energyflow_ros.core.networks import count_parameters  # noqa: E402
 from energyflow_ros.data.dataset import Normalizer  # noqa: E402
-from energyflow_ros.export.graphs import DDIMGraph  # noqa: E402
+from energyflow_ros.export.graphs import DDIMGraph, energy_term  # noqa: E402
 from energyflow_ros.export.onnx_export import export_method  # noqa: E402
 from energyflow_ros.export.parity import reference_sampler  # noqa: E402
 from energyflow_ros.runtime import load_model, OnnxModel, ProviderConfig  # noqa: E402
@@ -58,12 +66,16 @@ class Backend:
     flops: float
     times_ms: list[float] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None            # where it runs, when not onnxruntime's device
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results'))
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'tensorrt'])
+    parser.add_argument('--torch-device', default='', choices=['', 'cpu', 'cuda'],
+                        help='also time the fused computation in torch on this device (CUDA: '
+                        'eager and as a captured CUDA graph)')
     parser.add_argument('--threads', type=int, default=2, help='torch and ORT intra-op threads')
     parser.add_argument('--particles', default='4,16,64,256')
     parser.add_argument('--steps', default='10,20')
@@ -185,6 +197,79 @@ def _torch_sampler(method: Method, feeds: dict[str, np.ndarray]) -> Callable:
     return run
 
 
+def _torch_fused(term: torch.nn.Module, feeds: dict[str, np.ndarray], device: str,
+                 cuda_graph: bool = False) -> Callable:
+    """The fused sampler's computation in torch on ``device`` (optionally a CUDA graph).
+
+    The energy term is the exported graphs' (hand-written gradient: no autograd, so the whole
+    chunk can be captured); observation and initial particles are copied in from pinned host
+    memory and the chosen chunk copied out on every call.
+    """
+    term = copy.deepcopy(term).to(device).eval()
+    pin = device == 'cuda'
+    host = {k: torch.from_numpy(feeds[k]) for k in ('obs', 'init')}
+    host = {k: v.pin_memory() if pin else v for k, v in host.items()}
+    static = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+    n_steps = len(feeds['sigmas'])
+
+    @torch.no_grad()
+    def chunk() -> tuple[torch.Tensor, torch.Tensor]:
+        a = static['init']
+        for k in range(n_steps):
+            _, g = term.energy_and_grad(static['obs'], a, static['sigmas'][k:k + 1])
+            a = a - static['step_sizes'][k] * g + static['noise'][k]
+        e = term.energy(static['obs'], a, static['rank_sigma'])
+        idx = e.argmin(dim=1)                                            # (B,)
+        pick = idx.view(-1, 1, 1, 1).expand(-1, 1, *a.shape[2:])
+        return a.gather(1, pick)[:, 0], idx
+
+    def load_inputs() -> None:
+        for k, v in host.items():
+            static[k].copy_(v, non_blocking=pin)
+
+    if not cuda_graph:
+        def run() -> tuple[np.ndarray, int]:
+            load_inputs()
+            best, idx = chunk()
+            return best[0].cpu().numpy(), int(idx[0])
+        return run
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):                  # warm-up outside the capture (allocations)
+            chunk()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chunk()
+    out_host = out[0].new_empty(out[0].shape, device='cpu').pin_memory()
+
+    def replay() -> tuple[np.ndarray, int]:
+        load_inputs()
+        graph.replay()
+        out_host.copy_(out[0])          # synchronous: waits for the replay
+        return out_host[0].numpy().copy(), int(out[1][0])
+    return replay
+
+
+def _torch_backends(args: argparse.Namespace, models: dict[str, Any], n: int, k: int,
+                    feeds: dict[str, np.ndarray]) -> list[Backend]:
+    """``--torch-device``: the fused computation in torch there (and as a CUDA graph)."""
+    dev = args.torch_device
+    if not dev:
+        return []
+    term, traced = energy_term(models['energy'])
+    if traced:
+        raise SystemExit('--torch-device needs a hand-written gradient (an MLP energy)')
+    flops = sampler_flops(args, n, k)
+    out = [Backend(f'torch-{dev}-handwritten', n, k, _torch_fused(term, feeds, dev), flops,
+                   device=dev)]
+    if dev == 'cuda':
+        out.append(Backend('torch-cuda-graph', n, k,
+                           _torch_fused(term, feeds, dev, cuda_graph=True), flops, device=dev))
+    return out
+
+
 def _ort_loop(model: OnnxModel, feeds: dict[str, np.ndarray]) -> Callable:
     grad, energy = model.sessions['gradient'], model.sessions['energy']
 
@@ -244,7 +329,8 @@ def make_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Back
                      Backend('ort-fused-warm', n, warm_k,
                              _ort_fused(model, 'warm_sampler', warm),
                              sampler_flops(args, n, warm_k))]
-            _check(group[0], group[1:3])
+            extra = _torch_backends(args, models, n, k, feeds)
+            _check(group[0], group[1:3] + extra)
             group[2].check['warm_K'] = warm_k
             if (n, warm_k) in warm_seen:       # the same warm graph as another K's family
                 group.pop()
@@ -252,7 +338,7 @@ def make_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Back
                 warm_seen.add((n, warm_k))
                 _check(Backend('torch-warm', n, warm_k, _torch_sampler(models['energy'], warm),
                                0), group[3:])
-            backends += group
+            backends += group + extra
     ddim = _ddim_backends(args, models)
     _check(ddim[0], ddim[1:])
     return backends + ddim
@@ -318,7 +404,7 @@ def records(backends: list[Backend], device: str) -> list[dict[str, Any]]:
     for b in backends:
         t = np.asarray(b.times_ms)
         p50 = float(np.percentile(t, 50))
-        out.append({'backend': b.name, 'N': b.n, 'K': b.k, 'device': device,
+        out.append({'backend': b.name, 'N': b.n, 'K': b.k, 'device': b.device or device,
                     'p50_ms': round(p50, 4), 'p99_ms': round(float(np.percentile(t, 99)), 4),
                     'max_ms': round(float(t.max()), 4), 'calls': int(len(t)),
                     'gflops_at_p50': round(b.flops / (p50 / 1e3) / 1e9, 2), **b.check})
@@ -342,6 +428,30 @@ def comparisons(recs: list[dict[str, Any]], args: argparse.Namespace) -> list[st
             f"{t['p50_ms'] / r['p50_ms']:.2f}x | {loop['p99_ms'] / r['p99_ms']:.2f}x | "
             f"{warm['K']}: {r['p99_ms'] / warm['p99_ms']:.2f}x | "
             f"{warm['p99_ms'] / ddim['p99_ms']:.2f} | {r['p99_ms'] / ddim['p99_ms']:.2f} |")
+    return lines
+
+
+def torch_device_lines(recs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """``--torch-device``: the fused computation in torch there, beside ORT's fused graph."""
+    dev = args.torch_device
+    if not dev:
+        return []
+    names = [f'torch-{dev}-handwritten'] + (['torch-cuda-graph'] if dev == 'cuda' else [])
+    lines = ['', f'## The fused computation in torch on {dev}', '',
+             '| N | K | ' + ' | '.join(f'{n} p50 / p99 ms' for n in names) +
+             ' | ORT fused p50 / p99 ms (same run) |', '|' + '---|' * (3 + len(names))]
+    for r in (r for r in recs if r['backend'] == 'ort-fused'):
+        cells = []
+        for name in names:
+            t = _row(recs, name, r['N'], r['K'])
+            cells.append(f"{t['p50_ms']:.3f} / {t['p99_ms']:.3f}")
+        lines.append(f"| {r['N']} | {r['K']} | {' | '.join(cells)} | "
+                     f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} |")
+    target = _row(recs, names[-1], 256, 20)
+    if dev == 'cuda' and target is not None:
+        met = 'met' if target['p99_ms'] <= 1.0 else 'not met'
+        lines += ['', f"Target p99 <= 1 ms at N=256, K=20 on the GPU ({names[-1]}, the torch "
+                  f"path, not onnxruntime's CUDA provider): {target['p99_ms']:.3f} ms, {met}."]
     return lines
 
 
@@ -371,7 +481,7 @@ def markdown(info: dict[str, Any], args: argparse.Namespace, recs: list[dict[str
     lines += ['', '## Same-run ratios', '',
               '| N | K | torch / fused (p99) | torch / fused (p50) | loop / fused (p99) | '
               'warm K: cold / warm (p99) | warm / DDIM (p99) | cold / DDIM (p99) |',
-              '|' + '---|' * 8] + comparisons(recs, args)
+              '|' + '---|' * 8] + comparisons(recs, args) + torch_device_lines(recs, args)
     return '\n'.join(lines + ['', '## Notes', ''] + [f'- {n}' for n in notes]) + '\n'
 
 
@@ -412,9 +522,17 @@ def main(argv: list[str] | None = None) -> int:
         notes.append('No GPU provider in this onnxruntime build: the CUDA path (IO binding to '
                      'device buffers, CUDA graphs; target p99 <= 1 ms at N=256, K=20) was not '
                      'measured. Run `python benchmarks/latency.py --device cuda` on a GPU '
-                     'machine with onnxruntime-gpu.')
+                     'machine with onnxruntime-gpu' + (
+                         '; the torch rows above are the GPU path measured instead.'
+                         if args.torch_device == 'cuda' else ', or add `--torch-device cuda` '
+                         'to time the same computation in torch on the GPU.'))
+    if args.torch_device == 'cuda':
+        notes.append(f"The torch rows ran on {info['gpu'] or 'a CUDA device'} (torch "
+                     f"{torch.__version__}, CUDA {torch.version.cuda}); the onnxruntime rows on "
+                     f"{device}.")
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f'latency-{device}')
+    suffix = f'-torch-{args.torch_device}' if args.torch_device else ''
+    stem = os.path.join(args.out, f'latency-{device}{suffix}')
     with open(stem + '.json', 'w', encoding='utf-8') as handle:
         json.dump({'machine': info, 'settings': {k: v for k, v in vars(args).items()},
                    'matmul_peak': peak, 'records': recs, 'notes': notes}, handle, indent=1)

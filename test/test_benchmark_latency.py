@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -47,6 +48,34 @@ def test_quick_run_writes_one_record_per_backend_and_config(latency, tmp_path, c
         (n, b) for n in (4, 8) for b in ('ort-fused', 'ort-fused-warm')}
     assert all(r['same_choice_as_torch'] and r['max_abs_diff_vs_torch'] < 1e-4 for r in fused)
     assert result['matmul_peak']['gflops'] > 0 and result['machine']['cores'] >= 1
+
+
+def test_torch_device_times_the_fused_computation_in_torch(latency, tmp_path, capsys):
+    # the GPU fallback path (onnxruntime's CUDA wheel is too large to carry), run on the CPU
+    assert latency.main(['--quick', '--threads', '1', '--repeats', '2', '--particles', '4',
+                         '--steps', '2', '--torch-device', 'cpu', '--out', str(tmp_path)]) == 0
+    assert '## The fused computation in torch on cpu' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ['latency-cpu-torch-cpu.json',
+                                            'latency-cpu-torch-cpu.md']
+    recs = json.loads((tmp_path / 'latency-cpu-torch-cpu.json').read_text())['records']
+    (handwritten,) = [r for r in recs if r['backend'] == 'torch-cpu-handwritten']
+    assert (handwritten['N'], handwritten['K'], handwritten['device']) == (4, 2, 'cpu')
+    assert handwritten['same_choice_as_torch'] and handwritten['max_abs_diff_vs_torch'] < 1e-4
+    assert handwritten['calls'] == 2 and handwritten['p50_ms'] > 0
+
+
+def test_gpu_check_script_dry_runs_on_the_cpu(tmp_path):
+    # the prepared command for a lent GPU machine must not rot between GPU sessions
+    script = os.path.join(os.path.dirname(SCRIPT), 'gpu_check.sh')
+    env = {**os.environ, 'OUT': str(tmp_path), 'TORCH_DEVICE': 'cpu', 'QUICK_ONLY': '1',
+           'PY': sys.executable}
+    done = subprocess.run(['bash', script], cwd=os.path.dirname(os.path.dirname(SCRIPT)),
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'torch-cpu-handwritten p50 / p99 ms' in done.stdout
+    assert 'onnxruntime' in (tmp_path / 'providers.txt').read_text()
+    assert sorted(os.listdir(tmp_path / 'quick')) == ['latency-cpu-torch-cpu.json',
+                                                      'latency-cpu-torch-cpu.md']
 
 
 def test_flop_count_scales_with_particles_and_steps(latency):
