@@ -262,39 +262,26 @@ def test_unet_energy_exports_through_make_fx(tmp_path):
     assert max(p['max_abs_error'] for p in meta.extra['parity'].values()) < 1e-4
 
 
-def test_parity_gate_refuses_and_writes_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize('name, n_steps, part, graph', [
+    ('energyflow', None, None, 'energy'),
+    ('rnce', 0, 'proposal', 'sampler'),         # the proposal_rank graph's draws are checked
+])
+def test_parity_gate_refuses_and_writes_nothing(tmp_path, monkeypatch, name, n_steps, part,
+                                                graph):
     real_build = onnx_export.build_graphs
 
     def corrupted(method, spec):
         models = real_build(method, spec)
         with torch.no_grad():       # the graphs now hold weights the torch side does not
-            for p in method.parameters():
+            for p in (getattr(method, part) if part else method).parameters():
                 p.add_(0.05)
         return models
 
     monkeypatch.setattr(onnx_export, 'build_graphs', corrupted)
     obs_norm, act_norm = normalizers()
-    with pytest.raises(ParityError, match=r'energy: max \|ort - torch\| = [0-9.e-]+, exceeds'):
-        export_method(tiny_method('energyflow'), obs_norm, act_norm, train_meta(),
-                      str(tmp_path / 'm.onnx'))
-    assert os.listdir(tmp_path) == []
-
-
-def test_parity_gate_checks_the_proposal_rank_sampler(tmp_path, monkeypatch):
-    real_build = onnx_export.build_graphs
-
-    def corrupted(method, spec):
-        models = real_build(method, spec)
-        with torch.no_grad():       # the graphs now hold a proposal the torch side does not
-            for p in method.proposal.parameters():
-                p.add_(0.05)
-        return models
-
-    monkeypatch.setattr(onnx_export, 'build_graphs', corrupted)
-    obs_norm, act_norm = normalizers()
-    with pytest.raises(ParityError, match=r'sampler: max \|ort - torch\| = [0-9.e-]+, exceeds'):
-        export_method(tiny_method('rnce'), obs_norm, act_norm, train_meta(),
-                      str(tmp_path / 'm.onnx'), n_steps=0)
+    with pytest.raises(ParityError, match=rf'{graph}: max \|ort - torch\| = [0-9.e-]+, exceeds'):
+        export_method(tiny_method(name), obs_norm, act_norm, train_meta(),
+                      str(tmp_path / 'm.onnx'), n_steps=n_steps)
     assert os.listdir(tmp_path) == []
 
 
