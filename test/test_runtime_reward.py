@@ -109,6 +109,19 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     assert e_ref.shape == (20, model.metadata.sampler.n_particles)
 
 
+def test_policy_value_with_ranked_proposal_draws(tmp_path):
+    # an R-NCE model exported without Langevin steps: the policy's particles are proposal draws
+    path, _ = export_tiny(str(tmp_path), 'rnce', n_steps=0, n_particles=5)
+    model = load_model(path)
+    reward = EnergyReward(model, variant='policy_value', seed=0)
+    history, chunks = np.zeros((3, 2, 3)), np.random.default_rng(1).normal(size=(3, 4, 2))
+    values = reward(history, chunks)
+    assert values.shape == (3,) and np.all(np.isfinite(values))
+    z_obs = reward._planner.normalize_obs(history, batched=True)
+    e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
+    assert e.shape == (3,) and e_ref.shape == (3, 5)
+
+
 def test_occupancy_variant_is_minus_the_joint_energy_and_needs_a_joint_model(tmp_path, tiny):
     with pytest.raises(ValueError, match='occupancy reward needs an energy fitted over '
                                          'observations'):
