@@ -60,9 +60,11 @@ reward-model-pusht: venv
 		eval.episodes=20 out_dir=outputs/reward_models/pusht_energyflow progress=false $(ARGS)
 
 # Joint-density reward models for the `occupancy` reward (observations noised too, demos of
-# the RL episode length with the expert holding at its goal): obstacles2d ~6 min (45k steps:
-# the 15k of the first reward.md rows left too thin a margin around the discs), Push-T ~40 min
-# on 2 cores. Use with: make reward-eval ARGS='--rl-variant occupancy --model ...'.
+# the RL episode length with the expert holding at its goal), 45k steps each: obstacles2d ~6 min
+# (the 15k of the first reward.md rows left too thin a margin around the discs), Push-T ~20 min
+# on 2 idle cores (the 12k of the first rows: ARGS='optim.steps=12000
+# out_dir=outputs/reward_models/pusht_joint', ~5 min). Use with:
+# make reward-eval ARGS='--rl-variant occupancy --model ...'.
 reward-model-joint: reward-model-joint-obstacles2d reward-model-joint-pusht
 
 reward-model-joint-obstacles2d: venv
@@ -73,9 +75,9 @@ reward-model-joint-obstacles2d: venv
 
 reward-model-joint-pusht: venv
 	$(PY) -m energyflow_ros.cli.trainer --config config/train_pusht.yaml method=energyflow \
-		backbone.kind=mlp optim.steps=12000 optim.lr=1e-3 ema_decay=0.999 eval.every=0 \
+		backbone.kind=mlp optim.steps=45000 optim.lr=1e-3 ema_decay=0.999 eval.every=0 \
 		eval.episodes=20 method_config.energyflow.obs_noise_max=1.0 data.episode_ticks=300 \
-		out_dir=outputs/reward_models/pusht_joint progress=false $(ARGS)
+		out_dir=outputs/reward_models/pusht_joint45k progress=false $(ARGS)
 
 reward-eval-smoke: venv
 	$(PY) -m energyflow_ros.cli.reward_eval --smoke --out outputs/reward_smoke $(ARGS)
