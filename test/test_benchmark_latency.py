@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       'benchmarks', 'latency.py')
@@ -62,6 +63,13 @@ def test_torch_device_times_the_fused_computation_in_torch(latency, tmp_path, ca
     assert (handwritten['N'], handwritten['K'], handwritten['device']) == (4, 2, 'cpu')
     assert handwritten['same_choice_as_torch'] and handwritten['max_abs_diff_vs_torch'] < 1e-4
     assert handwritten['calls'] == 2 and handwritten['p50_ms'] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a CUDA device')
+def test_torch_device_cuda_without_a_gpu_is_a_usage_error(latency, capsys):
+    with pytest.raises(SystemExit) as exc:
+        latency._parse(['--quick', '--torch-device', 'cuda'])
+    assert exc.value.code == 2 and 'sees no CUDA device here' in capsys.readouterr().err
 
 
 def test_gpu_check_script_dry_runs_on_the_cpu(tmp_path):

@@ -22,18 +22,18 @@ from energyflow_ros.training.checkpoint import CheckpointError
 __all__ = ['main']
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{text} is not a positive integer')
-    return value
+def _count(low: int):
+    """An argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f'{text} is not an integer >= {low}')
+        return value
+    parse.__name__ = 'integer'          # argparse: "invalid integer value: 'x'"
+    return parse
 
 
-def _steps(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{text} is not a step count (>= 0)')
-    return value
+_positive, _steps = _count(1), _count(0)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -147,6 +147,12 @@ class ChunkPlanner:
         self._rng = np.random.default_rng(seed)
         self._previous: np.ndarray | None = None
         self._zero_noise: dict[tuple, np.ndarray] = {}
+        # the feeds that never change, built once rather than on every control tick
+        self._rank_sigma = np.array([meta.sampler.rank_sigma], dtype=np.float32)
+        self._steps = {graph: (np.asarray(s.sigmas, dtype=np.float32),
+                               np.asarray(s.step_sizes, dtype=np.float32))
+                       for graph, s in (('sampler', meta.sampler.cold),
+                                        ('warm_sampler', meta.sampler.warm)) if s is not None}
         if self.n_particles != meta.sampler.n_particles:
             model.warm_up(self.n_particles)
 
@@ -226,13 +232,12 @@ class ChunkPlanner:
                 'obs': obs, 'uniforms': self._rng.random((b, n), dtype=np.float32),
                 'normals': self._rng.standard_normal((b, n, meta.horizon, meta.action_dim),
                                                      dtype=np.float32),
-                'rank_sigma': np.array([meta.sampler.rank_sigma], dtype=np.float32)})
+                'rank_sigma': self._rank_sigma})
         schedule = meta.sampler.cold if graph == 'sampler' else meta.sampler.warm
-        feeds = {'obs': obs, 'init': init,
-                 'sigmas': np.asarray(schedule.sigmas, dtype=np.float32),
-                 'step_sizes': np.asarray(schedule.step_sizes, dtype=np.float32),
+        sigmas, step_sizes = self._steps[graph]
+        feeds = {'obs': obs, 'init': init, 'sigmas': sigmas, 'step_sizes': step_sizes,
                  'noise': self._noise(schedule, obs.shape[0], init.shape[1]),
-                 'rank_sigma': np.array([meta.sampler.rank_sigma], dtype=np.float32)}
+                 'rank_sigma': self._rank_sigma}
         return self.model.run(graph, feeds)
 
     def plan(self, obs_history: np.ndarray, *, shift: int | None = None) -> Plan:
