@@ -13,7 +13,7 @@ from energyflow_ros.rl.chunk_env import (
     ChunkEnv, ChunkEnvConfig, chunk_scale, decode_chunk, encode_chunk,
 )
 from energyflow_ros.rl.reward_checks import check_reward
-from energyflow_ros.rl.train import SACConfig, evaluate_agent
+from energyflow_ros.rl.train import SACConfig, evaluate_agent, train_agent
 from energyflow_ros.rl.chunk_env import GOAL_BONUS
 from energyflow_ros.rl.rollouts import (
     StraightToGoal, expert_policy, expert_trajectories, rollout_return, tick_rollout,
@@ -64,6 +64,17 @@ def test_evaluation_counts_success_through_an_obstacle_as_unsafe(config):
     result = evaluate_agent(_StraightToGoal(config), config, 3)
     assert result['success'] == 1.0 and result['collision'] == 1.0
     assert result['safe_success'] == 0.0
+
+
+def test_sac_training_leaves_no_log_folder_behind(config, tmp_path, monkeypatch):
+    # stable-baselines3 makes a /tmp/SB3-<time> folder on every learn() unless the model has
+    # a logger of its own; hundreds of runs left hundreds of empty folders.
+    import tempfile
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    model, _ = train_agent('true', config, 40, 0,
+                           SACConfig(learning_starts=20, batch_size=8, net=(8,)))
+    assert model.num_timesteps == 40
+    assert [name for name in os.listdir(tmp_path) if name.startswith('SB3-')] == []
 
 
 def test_replaying_expert_trajectories_reproduces_them(config):

@@ -120,12 +120,16 @@ def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
 
 def _sac(env: Any, sac: SACConfig, seed: int) -> Any:
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
 
-    return SAC('MlpPolicy', env, seed=seed, verbose=0, learning_rate=sac.lr,
-               batch_size=sac.batch_size, learning_starts=sac.learning_starts,
-               train_freq=sac.train_freq, gradient_steps=sac.gradient_steps,
-               ent_coef=sac.ent_coef, gamma=sac.gamma,
-               policy_kwargs={'net_arch': list(sac.net)})
+    model = SAC('MlpPolicy', env, seed=seed, verbose=0, learning_rate=sac.lr,
+                batch_size=sac.batch_size, learning_starts=sac.learning_starts,
+                train_freq=sac.train_freq, gradient_steps=sac.gradient_steps,
+                ent_coef=sac.ent_coef, gamma=sac.gamma,
+                policy_kwargs={'net_arch': list(sac.net)})
+    # Without a logger of its own, every learn() makes an empty /tmp/SB3-<time> folder.
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.ndarray]],
