@@ -50,6 +50,9 @@ import torch  # noqa: E402
 
 from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
 from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
+from energyflow_ros.runtime.providers import (  # noqa: E402
+    NODE_ALLOW_SPINNING, NODE_INTRA_OP_THREADS,
+)
 from energyflow_ros.runtime.planner import ChunkPlanner, WARM_EXTRAPOLATION  # noqa: E402
 from energyflow_ros.sim.registry import make_task  # noqa: E402
 from energyflow_ros.sim.rollout import rollout  # noqa: E402
@@ -142,7 +145,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--rnce-settings', default='32:5,8:1,2:1,32:0,8:0,4:0,2:0',
                         help='R-NCE settings as N:K (proposal draws, Langevin steps; K = 0: '
                         'the draws are only ranked by the energy); empty: no R-NCE settings')
-    parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
+    parser.add_argument('--threads', type=int, default=NODE_INTRA_OP_THREADS,
+                        help="onnxruntime intra-op threads (default: the policy node's)")
     parser.add_argument('--out', default='benchmarks/results')
     args = parser.parse_args(argv)
     try:
@@ -227,10 +231,10 @@ def export_settings(settings: list[Setting], folder: str, threads: int) -> None:
         path = os.path.join(folder, f'setting{i}.onnx')
         export_checkpoint(s.checkpoint, path, n_particles=s.n_particles, n_steps=s.cold_steps,
                           warm_steps=s.warm_steps, warm_start_t=s.warm_start_t)
-        # No spinning: ten settings' sessions alternate here, and one session's spinning threads
-        # slow the next one's call (providers.py); a node runs one model.
+        # Not spinning, as the node: here it also keeps one setting's idle threads from slowing
+        # the next setting's call (the settings alternate).
         model = load_model(path, providers=ProviderConfig(intra_op_threads=threads,
-                                                          allow_spinning=False))
+                                                          allow_spinning=NODE_ALLOW_SPINNING))
         s.planner = ChunkPlanner(model, n_particles=s.n_particles,
                                  warm_start=s.warm_steps is not None,
                                  warm_extrapolation=s.extrapolation)
@@ -397,8 +401,9 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
              'higher), collisions within one (or fewer), and, for max coverage and p1, the mean '
              'within one standard error of the difference (or higher); the metric column is '
              "mean ± std over episodes; '-': the task has no collisions.",
-             'onnxruntime sessions run without thread spinning: the settings alternate, and a '
-             "session's spinning threads would slow the next session's call."]
+             "onnxruntime runs as in the policy node by default (one intra-op thread, no "
+             "spinning: a graph call never competes with the control tick for a core); "
+             "`--threads` changes the thread count."]
     if info.get('rnce'):
         notes.insert(1, 'R-NCE settings plan every chunk cold: N draws from the learned '
                      'proposal (one proposal-graph call), K Langevin steps of the trained step '

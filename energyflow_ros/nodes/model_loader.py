@@ -18,7 +18,9 @@ import numpy as np
 from energyflow_ros.runtime.model_format import ModelMetadata
 from energyflow_ros.runtime.onnx_model import load_model, ModelLoadError, OnnxModel
 from energyflow_ros.runtime.planner import ChunkPlanner
-from energyflow_ros.runtime.providers import DEVICES, ProviderConfig, ProviderConfigError
+from energyflow_ros.runtime.providers import (
+    DEVICES, NODE_ALLOW_SPINNING, NODE_INTRA_OP_THREADS, ProviderConfig, ProviderConfigError,
+)
 
 __all__ = ['ConfigError', 'LoadedModel', 'provider_config', 'load_onnx', 'load_policy_model',
            'declare_provider_params']
@@ -61,9 +63,11 @@ def declare_provider_params(node: Any, declare: Callable[..., Any]) -> dict[str,
         'provider.device': declare(node, 'provider.device', 'cuda', f'one of {list(DEVICES)}; '
                                    'falls back to CPU with one warning when unavailable'),
         'provider.device_id': declare(node, 'provider.device_id', 0, 'GPU index', (0, 64)),
-        'provider.intra_op_threads': declare(node, 'provider.intra_op_threads', 1,
+        'provider.intra_op_threads': declare(node, 'provider.intra_op_threads',
+                                             NODE_INTRA_OP_THREADS,
                                              'CPU threads per graph (0: all cores)', (0, 256)),
-        'provider.allow_spinning': declare(node, 'provider.allow_spinning', False,
+        'provider.allow_spinning': declare(node, 'provider.allow_spinning',
+                                           NODE_ALLOW_SPINNING,
                                            'idle onnxruntime threads spin (faster plans, but '
                                            'they compete with the control tick for CPU)'),
         'provider.cuda_graphs': declare(node, 'provider.cuda_graphs', True,

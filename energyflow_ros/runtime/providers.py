@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ['DEVICES', 'ProviderConfig', 'ProviderConfigError', 'provider_chain',
+__all__ = ['DEVICES', 'NODE_INTRA_OP_THREADS', 'NODE_ALLOW_SPINNING', 'ProviderConfig', 'ProviderConfigError', 'provider_chain',
            'session_options', 'create_session', 'active_provider', 'BoundRunner']
 
 DEVICES = ('cpu', 'cuda', 'tensorrt')
+# The policy and reward nodes' CPU settings: one thread that never spins, so a graph call does
+# not compete with the control tick (or the other node) for a core. Benchmarks that claim to
+# time a chunk as the node plans it use these too.
+NODE_INTRA_OP_THREADS, NODE_ALLOW_SPINNING = 1, False
 _PROVIDER = {'cpu': 'CPUExecutionProvider', 'cuda': 'CUDAExecutionProvider',
              'tensorrt': 'TensorrtExecutionProvider'}
 _DEVICE_OF = {v: k for k, v in _PROVIDER.items()}
