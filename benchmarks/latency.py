@@ -14,6 +14,11 @@ One run, one model, one set of inputs. Backends, for every particle count N and 
   would. This is the GPU path to measure where onnxruntime's CUDA provider cannot be installed
   (its wheel is 256 MB).
 
+torch and onnxruntime run as the policy node runs onnxruntime by default: one intra-op thread,
+idle threads not spinning (``--threads``, ``--spin`` change that; with spinning on, the idle
+threads of one backend's sessions stall the next backend's calls, and the p99 columns measure
+that instead of the backend).
+
 Calls are timed round-robin (every backend once per round), so a machine shared with other
 work slows every backend alike: compare backends by their ratios within one run. Results go to
 ``<out>/latency-<device>[-torch-<D>].json`` (one record per (backend, N, K, device)) and ``.md``.
@@ -52,7 +57,9 @@ from energyflow_ros.export.onnx_export import export_method  # noqa: E402
 from energyflow_ros.export.parity import reference_sampler  # noqa: E402
 from energyflow_ros.runtime import load_model, OnnxModel, ProviderConfig  # noqa: E402
 from energyflow_ros.runtime.planner import shift_chunk  # noqa: E402
-from energyflow_ros.runtime.providers import session_options  # noqa: E402
+from energyflow_ros.runtime.providers import (  # noqa: E402
+    NODE_ALLOW_SPINNING, NODE_INTRA_OP_THREADS, session_options,
+)
 
 
 @dataclass
@@ -76,7 +83,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--torch-device', default='', choices=['', 'cpu', 'cuda'],
                         help='also time the fused computation in torch on this device (CUDA: '
                         'eager and as a captured CUDA graph)')
-    parser.add_argument('--threads', type=int, default=2, help='torch and ORT intra-op threads')
+    parser.add_argument('--threads', type=int, default=NODE_INTRA_OP_THREADS,
+                        help="torch and ORT intra-op threads (default: the policy node's)")
+    parser.add_argument('--spin', action=argparse.BooleanOptionalAction,
+                        default=NODE_ALLOW_SPINNING,
+                        help="let idle onnxruntime threads spin (default: the policy node's "
+                        "setting, off; spinning threads of one backend's sessions stall the "
+                        "next backend's calls, which shows up in every p99)")
     parser.add_argument('--particles', default='4,16,64,256')
     parser.add_argument('--steps', default='10,20')
     parser.add_argument('--ddim-steps', type=int, default=10)
@@ -115,7 +128,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
             'onnx': onnx.__version__, 'onnxruntime': ort.__version__,
             'available_providers': ort.get_available_providers(),
             'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            'threads': args.threads}
+            'threads': args.threads, 'spin': args.spin}
 
 
 def _train_meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +149,8 @@ def build_models(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     ddim = build_method('diffusion', spec, mlp, {'ddim': {'sample_steps': args.ddim_steps}})
     norms = (Normalizer.identity(args.obs_dim), Normalizer.identity(args.action_dim))
     meta, cfg = _train_meta(args), ProviderConfig(device=args.device,
-                                                  intra_op_threads=args.threads, warmup_runs=0)
+                                                  intra_op_threads=args.threads, warmup_runs=0,
+                                                  allow_spinning=args.spin)
     families = {}
     for k in args.steps:
         path = os.path.join(folder, f'energyflow_k{k}.onnx')
@@ -513,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         f'Rounds interleave the backends ({args.repeats} rounds x {args.block} timed calls '
         'each, after one untimed call), so background load on a shared machine hits every '
         'backend alike; compare backends by the ratios of this run, not across runs.',
-        f'torch and every onnxruntime session use {args.threads} intra-op threads; '
-        'onnxruntime threads spin when idle (ProviderConfig.allow_spinning).',
+        f'torch and every onnxruntime session use {args.threads} intra-op threads; ' +
+        ('onnxruntime threads spin when idle (--spin).' if args.spin else
+         'onnxruntime threads do not spin when idle, as in the policy node (with --spin, '
+         "the idle threads of one backend's sessions stall the next backend's calls, and "
+         'the p99 columns measure that).'),
         'GFLOP/s counts the nominal energy + action-gradient work per particle and step '
         '(2 x multiply-adds of the linear layers) divided by the p50 time.',
         'The EBM rows sample a whole chunk; with executed steps = horizon/2 a chunk serves '
