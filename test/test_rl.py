@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -69,7 +70,6 @@ def test_evaluation_counts_success_through_an_obstacle_as_unsafe(config):
 def test_sac_training_leaves_no_log_folder_behind(config, tmp_path, monkeypatch):
     # stable-baselines3 makes a /tmp/SB3-<time> folder on every learn() unless the model has
     # a logger of its own; hundreds of runs left hundreds of empty folders.
-    import tempfile
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
     model, _ = train_agent('true', config, 40, 0,
                            SACConfig(learning_starts=20, batch_size=8, net=(8,)))

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ['DEVICES', 'NODE_INTRA_OP_THREADS', 'NODE_ALLOW_SPINNING', 'ProviderConfig', 'ProviderConfigError', 'provider_chain',
-           'session_options', 'create_session', 'active_provider', 'BoundRunner']
+__all__ = ['DEVICES', 'NODE_INTRA_OP_THREADS', 'NODE_ALLOW_SPINNING', 'ProviderConfig',
+           'ProviderConfigError', 'provider_chain', 'session_options', 'create_session',
+           'active_provider', 'BoundRunner']
 
 DEVICES = ('cpu', 'cuda', 'tensorrt')
 # The policy and reward nodes' CPU settings: one thread that never spins, so a graph call does
