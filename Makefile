@@ -89,7 +89,7 @@ bench-ros-loop: venv
 	$(PY) benchmarks/ros_loop.py $(ARGS)
 
 # Per-chunk cost at equal quality (EnergyFlow cold / warm, R-NCE vs DDIM) on the quality runs'
-# obstacles2d checkpoints; ~3 min on 2 cores. Train them first (~25 min) with
+# obstacles2d checkpoints; ~4 min on 2 cores. Train them first (~25 min) with
 # make eval ARGS="--tasks obstacles2d --methods energyflow,rnce,diffusion --seeds 1
 #   --runs-dir outputs/eval_runs/cpu10k --out outputs/quality_cpu10k device=cpu".
 bench-sampler-cost: venv

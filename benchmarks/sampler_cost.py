@@ -25,7 +25,7 @@ BlockPush's p1), an equal headline metric.
 
 Usage: ``python benchmarks/sampler_cost.py [--episodes 50] [--energy CKPT] [--diffusion CKPT]
 [--rnce CKPT]`` (``--rnce-settings ''`` leaves R-NCE out; ``make bench-sampler-cost``:
-obstacles2d, about 3 minutes on 2 CPU cores; ``make bench-sampler-cost-pusht``: the Push-T
+obstacles2d, about 4 minutes on 2 CPU cores; ``make bench-sampler-cost-pusht``: the Push-T
 runs, about 30 minutes).
 """
 
