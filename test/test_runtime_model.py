@@ -58,6 +58,18 @@ def test_loads_validates_and_warms_up(family):
                                                              'warm_sampler']
 
 
+def test_a_proposal_the_sampler_never_calls_gets_no_session(tmp_path):
+    # proposal_rank holds the proposal in its sampler graph; interpolating R-NCE starts from
+    # Gaussian noise. Both export the proposal file, and the node loaded and warmed it up.
+    for name, steps in (('rnce', 0), ('irnce', None)):
+        path, _ = export_tiny(str(tmp_path), name, n_steps=steps)
+        assert os.path.exists(graph_path(path, 'proposal'))
+        model = load_model(path)
+        assert 'proposal' not in model.sessions and 'sampler' in model.sessions
+        assert sorted(load_model(path, graphs=['sampler', 'proposal']).sessions) == [
+            'proposal', 'sampler']                  # still there when asked for
+
+
 def test_missing_and_non_onnx_files_raise_specific_errors(tmp_path, family):
     with pytest.raises(ModelNotFoundError, match='not found'):
         load_model(str(tmp_path / 'absent.onnx'))

@@ -176,6 +176,12 @@ class SamplerSpec:
         """Whether the sampler ranks N particles by an energy (see :data:`ENERGY_KINDS`)."""
         return self.kind in ENERGY_KINDS
 
+    @property
+    def uses_proposal_graph(self) -> bool:
+        """Whether planning calls the ``proposal`` graph (a gradient sampler started from it;
+        a proposal_rank sampler holds the proposal in its own graph)."""
+        return self.kind == 'gradient' and self.init == 'proposal'
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'SamplerSpec':
         """Parse and validate the ``sampler`` metadata block."""

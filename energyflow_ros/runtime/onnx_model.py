@@ -225,8 +225,7 @@ def _read_family(path: str, graphs: Iterable[str]) -> dict[str, ModelMetadata]:
             raise ModelMetadataError(f'{file} does not belong to the export of {path} (graph '
                                      f'{meta.graph!r}, other metadata); re-export the model')
         family[graph] = meta
-    if sampler.sampler.kind == 'gradient' and sampler.sampler.init == 'proposal' and \
-            'proposal' not in family:
+    if sampler.sampler.uses_proposal_graph and 'proposal' not in family:
         raise ModelNotFoundError(f'{graph_path(path, "proposal")}: this model starts its '
                                  'sampler from the proposal graph, which is missing')
     return family
@@ -241,8 +240,9 @@ def load_model(path: str, *, providers: ProviderConfig | None = None,
         path: ``<stem>.onnx``.
         providers: where to run (default: CPU).
         joint_names: the robot's configured joints; checked against the model's by name.
-        graphs: graphs to load (default: the sampler and every present warm-sampler, energy
-            and proposal file; the gradient graph only when asked for).
+        graphs: graphs to load (default: the sampler and every present warm-sampler and
+            energy file, and the proposal file when the sampler starts from it; the gradient
+            graph only when asked for).
         warm_up: run every graph ``providers.warmup_runs`` times before returning.
 
     Returns:
@@ -255,12 +255,17 @@ def load_model(path: str, *, providers: ProviderConfig | None = None,
     cfg = providers or ProviderConfig()
     if not path.endswith('.onnx'):
         raise ModelNotFoundError(f'{path}: a model path must be the <stem>.onnx sampler file')
-    graphs = _default_graphs(path) if graphs is None else list(graphs)
+    defaulted = graphs is None
+    graphs = _default_graphs(path) if defaulted else list(graphs)
     unknown = sorted(set(graphs) - set(GRAPH_SUFFIXES))
     if unknown:
         raise ValueError(f'unknown graphs {unknown}: expected some of {list(GRAPH_SUFFIXES)}')
     family = _read_family(path, graphs)
     metadata = family['sampler']
+    if defaulted and not metadata.sampler.uses_proposal_graph:
+        # interpolating R-NCE and proposal_rank export the proposal but never plan with it:
+        # no session (and no warm-up) for it at start-up
+        family.pop('proposal', None)
     if joint_names is not None:
         check_joints(metadata, joint_names, path)
     sessions, fallback = {}, None

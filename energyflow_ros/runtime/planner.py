@@ -201,7 +201,7 @@ class ChunkPlanner:
     def _cold_init(self, obs: np.ndarray, n: int) -> np.ndarray:
         meta = self.metadata
         b, h, a = obs.shape[0], meta.horizon, meta.action_dim
-        if meta.sampler.init == 'proposal':
+        if meta.sampler.uses_proposal_graph:
             out = self.model.run('proposal', {'obs': obs})
             draws = sample_mixture(out['logits'], out['means'], out['stds'], n, self._rng)
             return draws.reshape(b, n, h, a)
