@@ -106,6 +106,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.set_defaults(particles='4,8', steps='2,3', ddim_steps=3, repeats=5, block=1,
                             warmup=1, hidden=32, depth=2, horizon=4)
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f'--threads {args.threads}: expected at least 1 thread')
     if args.torch_device == 'cuda' and not torch.cuda.is_available():
         parser.error(f'--torch-device cuda: torch {torch.__version__} sees no CUDA device here')
     args.particles = [int(v) for v in args.particles.split(',')]

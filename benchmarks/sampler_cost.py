@@ -163,6 +163,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                          '`make eval ARGS="--tasks obstacles2d"` or pass one)')
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
+    if args.threads < 1:
+        parser.error(f'--threads {args.threads}: expected at least 1 thread')
     return args
 
 

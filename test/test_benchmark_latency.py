@@ -72,6 +72,14 @@ def test_torch_device_cuda_without_a_gpu_is_a_usage_error(latency, capsys):
     assert exc.value.code == 2 and 'sees no CUDA device here' in capsys.readouterr().err
 
 
+def test_a_thread_count_below_one_is_a_usage_error(latency, capsys):
+    for bad in ('0', '-1'):
+        with pytest.raises(SystemExit) as exc:
+            latency._parse(['--quick', '--threads', bad])
+        assert exc.value.code == 2
+        assert f'--threads {bad}: expected at least 1 thread' in capsys.readouterr().err
+
+
 def test_gpu_check_script_dry_runs_on_the_cpu(tmp_path):
     # the prepared command for a lent GPU machine must not rot between GPU sessions
     script = os.path.join(os.path.dirname(SCRIPT), 'gpu_check.sh')

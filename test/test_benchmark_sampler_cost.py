@@ -171,3 +171,13 @@ def test_lean_warm_settings_are_validated(bench, capsys):
     with pytest.raises(SystemExit):
         bench._parse(['--warm-start-times', '0.5,x', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'0.5,x' is not a list of numbers" in capsys.readouterr().err
+
+
+def test_a_thread_count_below_one_is_a_usage_error(bench, capsys):
+    assert bench._parse(['--energy', SCRIPT, '--ddim-steps', '',
+                         '--rnce-settings', '']).threads == 1       # the policy node's
+    for bad in ('0', '-1'):
+        with pytest.raises(SystemExit) as exc:
+            bench._parse(['--threads', bad, '--energy', SCRIPT, '--ddim-steps', ''])
+        assert exc.value.code == 2
+        assert f'--threads {bad}: expected at least 1 thread' in capsys.readouterr().err
