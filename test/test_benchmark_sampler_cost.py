@@ -178,6 +178,7 @@ def test_a_thread_count_below_one_is_a_usage_error(bench, capsys):
                          '--rnce-settings', '']).threads == 1       # the policy node's
     for bad in ('0', '-1'):
         with pytest.raises(SystemExit) as exc:
-            bench._parse(['--threads', bad, '--energy', SCRIPT, '--ddim-steps', ''])
+            bench._parse(['--threads', bad, '--energy', SCRIPT, '--ddim-steps', '',
+                          '--rnce-settings', ''])
         assert exc.value.code == 2
         assert f'--threads {bad}: expected at least 1 thread' in capsys.readouterr().err
