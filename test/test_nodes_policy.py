@@ -269,6 +269,12 @@ def test_joint_indexer_matches_by_name_and_names_what_is_missing():
         indexer.positions(JointState(name=['a'], position=[1.0]))
     with pytest.raises(ValueError, match='2 names but 1 positions'):
         indexer.positions(JointState(name=['a', 'b'], position=[1.0]))
+    with pytest.raises(ValueError, match=r"names joints \['a'\] more than once"):
+        indexer.positions(JointState(name=['a', 'b', 'a'], position=[0.3, 0.6, 0.9]))
+    np.testing.assert_array_equal(  # the repeat is refused on every message, not cached
+        indexer.positions(JointState(name=['b', 'a'], position=[2.0, 1.0])), [1.0, 2.0])
+    with pytest.raises(ValueError, match='more than once'):
+        indexer.positions(JointState(name=['a', 'b', 'a'], position=[0.3, 0.6, 0.9]))
 
 
 def test_float64_array_honours_data_offset_and_length():

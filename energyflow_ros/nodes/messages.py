@@ -100,6 +100,10 @@ class JointIndexer:
 
     def _refresh(self, msg_names: list[str]) -> None:
         lookup = {name: i for i, name in enumerate(msg_names)}
+        if len(lookup) != len(msg_names):
+            repeated = sorted({n for n in msg_names if msg_names.count(n) > 1})
+            raise ValueError(f'JointState names joints {repeated} more than once (it has '
+                             f'{msg_names}): which position is meant is ambiguous')
         self._missing = [n for n in self.names if n not in lookup]
         self._index = np.array([lookup.get(n, -1) for n in self.names], dtype=np.int64)
         self._cached_names = list(msg_names)
@@ -108,8 +112,8 @@ class JointIndexer:
         """(J,) positions of :attr:`names`.
 
         Raises:
-            ValueError: a wanted joint is missing, or names and positions differ in length;
-                the message names the joints.
+            ValueError: a wanted joint is missing, a joint is named twice, or names and
+                positions differ in length; the message names the joints.
         """
         names = list(msg.name)
         if names != self._cached_names:
