@@ -221,3 +221,10 @@ def test_model_joint_mismatch(unconfigured):
                          joint_names=['robot_x', 'elbow'])
     check_config_failure(unconfigured, *out, "['robot_x', 'elbow']")
     assert "['robot_x', 'robot_y']" in out[2][-1]  # both sides are named
+
+
+def test_max_velocity_must_be_positive(unconfigured):
+    for velocity in ([-0.6], [0.6, 0.0]):
+        out = configure_with(unconfigured, model_path=tiny_model(),
+                             joint_names=['robot_x', 'robot_y'], max_velocity=velocity)
+        check_config_failure(unconfigured, *out, f'max_velocity {velocity} is invalid')

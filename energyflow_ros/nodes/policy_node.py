@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import threading
 import time
 from typing import Any
@@ -213,7 +214,12 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         lower = self.p['joint_lower'] or [meta.action_low[i] for i in order]
         upper = self.p['joint_upper'] or [meta.action_high[i] for i in order]
         n = len(self.joint_names)
-        velocity = self.p['max_velocity'] or [hi - lo for lo, hi in zip(lower, upper)]
+        velocity = list(self.p['max_velocity'])
+        bad = [v for v in velocity if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise ConfigError(f'max_velocity {velocity} is invalid: every value must be finite '
+                              'and > 0 (a command that may not move never reaches its target)')
+        velocity = velocity or [max(hi - lo, 1e-12) for lo, hi in zip(lower, upper)]
         if len(velocity) == 1:
             velocity = velocity * n
         for name, values in (('joint_lower', lower), ('joint_upper', upper),
@@ -221,7 +227,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             if len(values) != n:
                 raise ConfigError(f'{name} has {len(values)} values for {n} joints '
                                   f'{list(self.joint_names)}')
-        step = [max(v, 1e-12) / self.control_rate for v in velocity]
+        step = [v / self.control_rate for v in velocity]
         try:
             return JointLimits.from_arrays(self.joint_names, lower, upper, step)
         except ValueError as exc:
