@@ -335,3 +335,76 @@ def test_pointcloud_centroid_and_first_points():
         pointcloud_values(cloud, ['x'], 3)
     with pytest.raises(ValueError, match="lacks fields \\['rgb'\\]"):
         pointcloud_values(cloud, ['rgb'], 0)
+
+
+def test_a_model_whose_warm_up_plan_is_not_finite_is_refused(monkeypatch):
+    import dataclasses
+
+    from energyflow_ros.nodes import model_loader
+    from energyflow_ros.nodes.model_loader import ConfigError, load_policy_model
+
+    params = {'model_path': tiny_model(), 'provider.device': 'cpu', 'provider.device_id': 0,
+              'provider.intra_op_threads': 1, 'provider.allow_spinning': False,
+              'provider.cuda_graphs': False, 'provider.trt_fp16': False,
+              'sampler.n_particles': 0, 'sampler.warm_start': True,
+              'sampler.warm_extrapolation': 0.5, 'seed': 0}
+    assert load_policy_model(params).metadata.joint_names  # loads while the plan is finite
+    original = model_loader.ChunkPlanner.plan
+
+    def nan_plan(self, obs, **kwargs):
+        plan = original(self, obs, **kwargs)
+        return dataclasses.replace(plan, actions=np.full_like(plan.actions, np.nan))
+    monkeypatch.setattr(model_loader.ChunkPlanner, 'plan', nan_plan)
+    with pytest.raises(ConfigError, match='warm-up plan .* holds non-finite values'):
+        load_policy_model(params)
+
+
+def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+
+    from energyflow_ros.nodes.messages import make_joint_state, make_pose_stamped, sec_to_stamp
+    from energyflow_ros.nodes.policy_node import PolicyNode
+
+    def flat(tree, prefix=''):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f'{prefix}{key}.')
+            else:
+                yield f'{prefix}{key}', value
+    params = dict(flat(policy_params(tiny_model(), autostart=False, freeze_gc=False)))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'))
+    node = PolicyNode(context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in params.items()] + [Parameter('use_sim_time',
+                                                                         value=True)])
+    try:
+        def at(t):
+            node.get_clock().set_ros_time_override(Time(nanoseconds=int(t * 1e9)))
+        at(100.0)
+        node.trigger_configure()
+        horizon = node._loaded.metadata.horizon
+        node._worker.start = lambda: None  # planned by hand below
+        node.trigger_activate()
+        node._worker.plan_fn = lambda obs, shift: (np.full((horizon, 2), np.nan), 0.0)
+        node._worker._poll_s = 0.0
+        cmds = []
+        node._publish = cmds.append
+        joints, goal = node._inputs.streams[:2]
+        for i in range(1, 11):
+            t = 100.0 + i / RATE_HZ
+            at(t)
+            node._inputs._on_joint_state(joints, make_joint_state(
+                ('robot_x', 'robot_y'), [0.5, 0.5], sec_to_stamp(t)))
+            node._inputs._on_pose(goal, make_pose_stamped(0.9, 0.5, 0.0, sec_to_stamp(t)))
+            node._worker.plan_once()
+            node._tick()
+        level, message = node._level()
+        assert level == 'error', message
+        assert 'no plan, the sampler failed 10 times' in message
+        assert 'non-finite' in message
+        np.testing.assert_allclose(cmds[-1], [0.5, 0.5])  # held where it is
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

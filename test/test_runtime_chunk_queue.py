@@ -165,6 +165,7 @@ def test_worker_survives_a_failing_sampler_and_keeps_the_old_plan():
         clock.t = t
         worker.plan_once()
     assert worker.stats.failures == 2 and 'non-finite' in worker.stats.last_error
+    assert worker.stats.failures_since_plan == 2  # the diagnostics' "no plan since" count
     assert queue.current.start_time == pytest.approx(0.1)
 
 
@@ -182,3 +183,25 @@ def test_worker_thread_refills_the_queue():
     finally:
         worker.stop()
     assert not worker.running
+
+
+def test_a_plan_sampled_across_a_clear_is_discarded_and_the_next_starts_cold():
+    clock = FakeClock(0.0)
+    calls = []
+    worker = None
+
+    def plan_fn(obs, shift):
+        calls.append(shift)
+        if len(calls) == 2:  # the pose jumps while this plan is being sampled
+            with worker.lock:
+                worker.clear_locked()
+        return np.full((8, 1), obs[0]), 0.0
+    worker, history, queue = make_worker(clock, plan_fn)
+    history.update('j', np.array([1.0]), 0.0, now=0.0)
+    assert worker.plan_once()
+    history.update('j', np.array([2.0]), 0.1, now=0.1)
+    clock.t = 0.1
+    assert not worker.plan_once()  # planned from before the jump: not installed
+    assert queue.current is None and worker.stats.discarded == 1 and worker.stats.plans == 1
+    assert worker.plan_once()  # same observation, empty queue: plans again, cold
+    assert calls == [None, 1, None] and queue.current.actions[0, 0] == 2.0

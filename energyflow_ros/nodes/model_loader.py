@@ -128,7 +128,11 @@ def load_policy_model(p: dict[str, Any]) -> LoadedModel:
             result = planner.plan(obs, shift=shift)
         return result.actions, result.energy
 
-    plan(np.asarray(model.metadata.obs_mean, dtype=np.float64), None)  # first-call costs
-    planner.reset()
+    chunk, energy = plan(np.asarray(model.metadata.obs_mean, dtype=np.float64), None)
+    planner.reset()  # the call above paid the first-call costs and checks the output
+    if not (np.all(np.isfinite(chunk)) and np.isfinite(energy)):
+        raise ConfigError(f"{p['model_path']}: the warm-up plan at the training data's mean "
+                          'observation holds non-finite values (NaN or inf): the model '
+                          'cannot be planned with')
     return LoadedModel(model.path, model.metadata, model.provider, model.fallback or '', plan,
                        time.perf_counter() - began, model)

@@ -261,7 +261,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Ramp in from the measured pose; start the worker and the control timer."""
         with self._lock:
-            self.queue.clear()
+            self._worker.clear_locked()
         self.filter.start()
         self._reset_stats()
         self._seen = self._counters()
@@ -345,8 +345,8 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         with self._lock:
             status = self._inputs.history.status(now)
             target = self.queue.action_at(now + self._tick_period) if status.ok else None
-            if not status.ok and len(self.queue):
-                self.queue.clear()
+            if not status.ok:  # also voids a plan being sampled from the old inputs
+                self._worker.clear_locked()
         self._obs_age = status.age_s
         if status.ok and self._holding and target is not None:
             self.filter.start()  # resume: ramp in again from the measured pose
@@ -384,9 +384,15 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         self.chunk_pub.publish(make_chunk_array(plan.actions[:, self._to_cmd], plan.energy))
 
     def _restart_plan(self) -> None:
-        """The measured pose jumped (e.g. a new episode): drop the plan, ramp in again."""
+        """The measured pose jumped (e.g. a new episode): drop the plan, ramp in again.
+
+        A plan being sampled from before the jump is discarded when it arrives.
+        """
         with self._lock:
-            self.queue.clear()
+            if self._worker is not None:
+                self._worker.clear_locked()
+            else:
+                self.queue.clear()
         self.filter.start()
 
     def _note_input_error(self, message: str) -> None:
@@ -408,6 +414,14 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             return 'ok', state
         if self.now() - self._input_error_time < INPUT_ERROR_HOLD_S:
             return 'error', f'rejected input: {self._input_error}'
+        stats = self._worker.stats if self._worker is not None else None
+        if self._holding and self._hold_reason == WAITING_FOR_PLAN and stats is not None \
+                and stats.failures_since_plan:
+            message = (f'holding the last measured position: no plan, the sampler failed '
+                       f'{stats.failures_since_plan} times since the last plan: '
+                       f'{stats.last_error}')
+            self.get_logger().error(message, throttle_duration_sec=5.0)
+            return 'error', message
         if self._holding:
             level = 'warn' if self._hold_reason == WAITING_FOR_PLAN else 'error'
             return level, f'holding the last measured position: {self._hold_reason}'
@@ -445,6 +459,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             stats = self._worker.stats
             values.update(best_energy=stats.best_energy, plans=stats.plans,
                           planning_overruns=stats.overruns, sampler_failures=stats.failures,
+                          discarded_plans=stats.discarded,
                           plan_latency_p50_ms=self._worker.latency.percentile(50) * 1e3,
                           plan_latency_p99_ms=self._worker.latency.percentile(99) * 1e3)
         self.diag_pub.publish(make_diagnostics(self.get_clock().now().to_msg(),

@@ -44,6 +44,8 @@ class WorkerStats:
         plans: chunks installed.
         overruns: plans that landed after the current plan's executed segment had ended.
         failures: sampler calls that raised or returned unusable chunks.
+        failures_since_plan: failures since the last installed plan (0 while plans land).
+        discarded: plans dropped because the queue was cleared while they were sampled.
         last_error: message of the last failure.
         best_energy: energy of the newest plan.
     """
@@ -51,6 +53,8 @@ class WorkerStats:
     plans: int = 0
     overruns: int = 0
     failures: int = 0
+    failures_since_plan: int = 0
+    discarded: int = 0
     last_error: str = ''
     best_energy: float = float('nan')
 
@@ -98,6 +102,16 @@ class PlanningWorker:
         self._thread: threading.Thread | None = None
         self._poll_s = min(0.01, queue.period / 4.0)
         self._last_obs_stamp = float('nan')
+        self._epoch = 0
+
+    def clear_locked(self) -> None:
+        """Drop the queued plan and any plan being sampled now; the caller holds :attr:`lock`.
+
+        A plan sampled from observations taken before the clear (a pose jump, stale inputs)
+        is discarded when it arrives instead of being installed after it.
+        """
+        self.queue.clear()
+        self._epoch += 1
 
     def expected_latency(self) -> float:
         """90th percentile of recent planning latencies (one period before the first plan)."""
@@ -162,6 +176,7 @@ class PlanningWorker:
             start = t_obs + self.queue.period
             shift = self._shift(start)
             deadline = self.deadline()
+            epoch = self._epoch
         began = time.perf_counter()
         try:
             chunk, energy = self.plan_fn(obs, shift)
@@ -170,7 +185,7 @@ class PlanningWorker:
             return False
         self.latency.add(time.perf_counter() - began)
         self._last_obs_stamp = t_obs
-        return self._install(chunk, float(energy), start, deadline)
+        return self._install(chunk, float(energy), start, deadline, epoch)
 
     def _shift(self, start: float) -> int | None:
         """Steps between the current plan's start and ``start`` (None: cold start)."""
@@ -179,8 +194,12 @@ class PlanningWorker:
             return None
         return max(0, int(round((start - current.start_time) / self.queue.period)))
 
-    def _install(self, chunk: np.ndarray, energy: float, start: float, deadline: float) -> bool:
+    def _install(self, chunk: np.ndarray, energy: float, start: float, deadline: float,
+                 epoch: int) -> bool:
         with self.lock:
+            if epoch != self._epoch:  # cleared while sampling: planned from the old state
+                self.stats.discarded += 1
+                return False
             try:
                 plan = self.queue.replace(chunk, start, energy)
             except ValueError as exc:
@@ -189,6 +208,7 @@ class PlanningWorker:
             if np.isfinite(deadline) and self.clock() > deadline:
                 self.stats.overruns += 1
         self.stats.plans += 1
+        self.stats.failures_since_plan = 0
         self.stats.best_energy = energy
         if self.on_plan is not None:
             self.on_plan(plan)
@@ -196,5 +216,6 @@ class PlanningWorker:
 
     def _fail(self, message: str) -> None:
         self.stats.failures += 1
+        self.stats.failures_since_plan += 1
         self.stats.last_error = message
         time.sleep(self._poll_s)  # do not spin on a failing sampler
