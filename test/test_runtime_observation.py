@@ -118,3 +118,21 @@ def test_buffer_is_bounded_in_time():
     for k in range(5000):
         hist.update('joint_state', np.array([k, 0.0]), 0.001 * k, now=0.001 * k)
     assert len(hist._buffers['joint_state'].stamps) < 400
+
+
+def test_a_clock_going_back_holds_then_restarts_the_history():
+    hist = history()
+    feed(hist, 100.0, x=0.5)
+    assert hist.status(now=100.01).ok
+    status = hist.status(now=1.0)  # a simulation reset: the clock starts again
+    assert not status.ok and status.level == 'clock_back'
+    assert "'joint_state' has a sample 99.000 s ahead" in status.message
+    assert hist.update('joint_state', np.array([0.1, 0.1]), 1.02, now=1.02) == ''
+    assert hist.clock_resets == 1
+    status = hist.status(now=1.02)  # the old pose sample went with the old timeline
+    assert not status.ok and status.level == 'no_data' and "'pose'" in status.message
+    assert hist.update('pose', np.array([0.9, 0.5]), 1.02, now=1.02) == ''
+    obs, t_ref = hist.stacked(now=1.03)
+    assert t_ref == 1.02 and obs[0] == 0.1  # nothing of the old timeline is left
+    assert 'out of order' in hist.update('joint_state', np.array([0.1, 0.1]), 1.0, now=1.03)
+    assert hist.clock_resets == 1  # an old stamp on a steady clock is still refused

@@ -112,7 +112,13 @@ class ObservationInputs:
     def _offer(self, stream: StreamConfig, values: np.ndarray, header: Any) -> float | None:
         stamp, now = self._stamp(stream, header)
         with self.lock:
+            resets = self.history.clock_resets
             reason = self.history.update(stream.name, values, stamp, now)
+            clock_back = self.history.clock_resets != resets
+        if clock_back:
+            self.node.get_logger().warning(
+                f'the clock went back behind the observation history (now {now:.3f} s): '
+                'history forgotten, holding until every stream delivers on the new timeline')
         if reason:
             self.on_error(reason)
             return None

@@ -57,7 +57,8 @@ class ObservationStatus:
 
     Attributes:
         ok: every stream has fresh data.
-        level: 'ok', 'no_data' (a stream never delivered) or 'stale' (a stream is too old).
+        level: 'ok', 'no_data' (a stream never delivered), 'stale' (a stream is too old) or
+            'clock_back' (the clock went back behind a stream's newest sample).
         age_s: age of the oldest stream's newest sample (inf when a stream has none).
         message: human-readable detail naming the offending stream.
     """
@@ -108,6 +109,7 @@ class ObservationHistory:
         period_s: spacing of the frames (the model's control period).
         streams: stream specs; the first is the reference stream.
         future_tolerance_s: how far in the future a stamp may be (clock skew).
+        clock_resets: times the clock went back behind the history, which was then forgotten.
     """
 
     def __init__(self, obs_names: Sequence[str], n_obs: int, period_s: float,
@@ -126,6 +128,7 @@ class ObservationHistory:
         self.n_obs, self.period_s = int(n_obs), float(period_s)
         self.streams = tuple(streams)
         self.future_tolerance_s = float(future_tolerance_s)
+        self.clock_resets = 0
         keep = (self.n_obs + 1) * self.period_s
         self._buffers = {s.name: _Buffer(s, self._indices(s), keep) for s in self.streams}
         if len(self._buffers) != len(self.streams):
@@ -156,10 +159,21 @@ class ObservationHistory:
 
     def reset(self) -> None:
         """Forget every sample (rejection counters too)."""
+        self._forget()
+        for buf in self._buffers.values():
+            buf.rejected = 0
+
+    def _forget(self) -> None:
         for buf in self._buffers.values():
             buf.stamps.clear()
             buf.values.clear()
-            buf.rejected = 0
+
+    def _ahead_of(self, now: float) -> _Buffer | None:
+        """A stream whose newest sample is further ahead of ``now`` than the tolerance."""
+        for buf in self._buffers.values():
+            if buf.stamps and buf.stamps[-1] > now + self.future_tolerance_s:
+                return buf
+        return None
 
     def rejected(self, stream: str) -> int:
         """Samples of ``stream`` rejected so far."""
@@ -181,8 +195,15 @@ class ObservationHistory:
 
         Returns:
             '' when accepted, otherwise why it was rejected.
+
+        When the clock has gone back behind the newest sample of any stream (a simulation
+        reset, a replayed bag), every sample is forgotten first and :attr:`clock_resets`
+        counts it: the new timeline's samples would otherwise all be refused as out of order.
         """
         buf = self._buffers[stream]
+        if self._ahead_of(now) is not None:
+            self._forget()
+            self.clock_resets += 1
         reason = self._reject_reason(buf, values, stamp, now)
         if reason:
             buf.rejected += 1
@@ -211,6 +232,13 @@ class ObservationHistory:
     def status(self, now: float) -> ObservationStatus:
         """Whether every stream has a sample younger than its ``max_age_s`` at ``now``."""
         worst_age, worst = 0.0, ObservationStatus(True, 'ok', 0.0)
+        ahead = self._ahead_of(now)
+        if ahead is not None:
+            lead = ahead.stamps[-1] - now
+            return ObservationStatus(False, 'clock_back', -lead,
+                                     f'the clock went back: stream {ahead.spec.name!r} has a '
+                                     f'sample {lead:.3f} s ahead of it (waiting for samples '
+                                     'of the new timeline)')
         for buf in self._buffers.values():
             if not buf.stamps:
                 return ObservationStatus(False, 'no_data', math.inf,
