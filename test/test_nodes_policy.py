@@ -392,19 +392,32 @@ def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
         cmds = []
         node._publish = cmds.append
         joints, goal = node._inputs.streams[:2]
-        for i in range(1, 11):
-            t = 100.0 + i / RATE_HZ
-            at(t)
-            node._inputs._on_joint_state(joints, make_joint_state(
-                ('robot_x', 'robot_y'), [0.5, 0.5], sec_to_stamp(t)))
-            node._inputs._on_pose(goal, make_pose_stamped(0.9, 0.5, 0.0, sec_to_stamp(t)))
-            node._worker.plan_once()
-            node._tick()
+
+        def run(ticks, start):
+            for i in range(1, ticks + 1):
+                t = start + i / RATE_HZ
+                at(t)
+                node._inputs._on_joint_state(joints, make_joint_state(
+                    ('robot_x', 'robot_y'), [0.5, 0.5], sec_to_stamp(t)))
+                node._inputs._on_pose(goal, make_pose_stamped(0.9, 0.5, 0.0, sec_to_stamp(t)))
+                if node._worker.due(t):
+                    node._worker.plan_once()
+                node._tick()
+        run(10, 100.0)
         level, message = node._level()
         assert level == 'error', message
-        assert 'no plan, the sampler failed 10 times' in message
+        assert 'measured position: the sampler failed 10 times since the last plan' in message
         assert 'non-finite' in message
         np.testing.assert_allclose(cmds[-1], [0.5, 0.5])  # held where it is
+        # one good plan, then failures: at its end the node rests on its final target
+        good = iter([(np.full((horizon, 2), 0.55), 0.0)])
+        node._worker.plan_fn = lambda obs, shift: next(
+            good, (np.full((horizon, 2), np.nan), 0.0))
+        run(2, 100.2)
+        assert node._worker.stats.plans == 1 and node._level()[0] != 'error'
+        run(int(RATE_HZ * 1.5 * horizon * node._loaded.metadata.control_period_s), 100.24)
+        level, message = node._level()
+        assert level == 'error' and "last plan's final target: the sampler failed" in message
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)

@@ -415,11 +415,13 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         if self.now() - self._input_error_time < INPUT_ERROR_HOLD_S:
             return 'error', f'rejected input: {self._input_error}'
         stats = self._worker.stats if self._worker is not None else None
-        if self._holding and self._hold_reason == WAITING_FOR_PLAN and stats is not None \
-                and stats.failures_since_plan:
-            message = (f'holding the last measured position: no plan, the sampler failed '
-                       f'{stats.failures_since_plan} times since the last plan: '
-                       f'{stats.last_error}')
+        waiting = self._holding and self._hold_reason == WAITING_FOR_PLAN
+        if stats is not None and stats.failures_since_plan and (
+                waiting or (not self._holding and self.queue.exhausted(self.now()))):
+            where = ('holding the last measured position' if waiting
+                     else 'holding the last plan\'s final target')
+            message = (f'{where}: the sampler failed {stats.failures_since_plan} times since '
+                       f'the last plan: {stats.last_error}')
             self.get_logger().error(message, throttle_duration_sec=5.0)
             return 'error', message
         if self._holding:
