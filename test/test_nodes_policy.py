@@ -359,65 +359,109 @@ def test_a_model_whose_warm_up_plan_is_not_finite_is_refused(monkeypatch):
         load_policy_model(params)
 
 
-def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
-    import rclpy
-    from rclpy.parameter import Parameter
-    from rclpy.time import Time
+class InProcessNode:
+    """A policy node in this process on simulated time, ticked and planned by hand.
 
-    from energyflow_ros.nodes.messages import make_joint_state, make_pose_stamped, sec_to_stamp
-    from energyflow_ros.nodes.policy_node import PolicyNode
+    Commands are collected in :attr:`cmds` instead of being published (None: nothing sent).
+    """
 
-    def flat(tree, prefix=''):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flat(value, f'{prefix}{key}.')
-            else:
-                yield f'{prefix}{key}', value
-    params = dict(flat(policy_params(tiny_model(), autostart=False, freeze_gc=False)))
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'))
-    node = PolicyNode(context=context, parameter_overrides=[
-        Parameter(k, value=v) for k, v in params.items()] + [Parameter('use_sim_time',
-                                                                         value=True)])
-    try:
-        def at(t):
-            node.get_clock().set_ros_time_override(Time(nanoseconds=int(t * 1e9)))
-        at(100.0)
+    def __init__(self, **overrides):
+        import rclpy
+        from rclpy.parameter import Parameter
+
+        from energyflow_ros.nodes.policy_node import PolicyNode
+
+        def flat(tree, prefix=''):
+            for key, value in tree.items():
+                if isinstance(value, dict):
+                    yield from flat(value, f'{prefix}{key}.')
+                else:
+                    yield f'{prefix}{key}', value
+        params = dict(flat(policy_params(tiny_model(), autostart=False, freeze_gc=False,
+                                         **overrides)))
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id(__name__ + '.in_process'))
+        self.node = PolicyNode(context=self.context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in params.items()] + [
+            Parameter('use_sim_time', value=True)])
+        self.t = 100.0
+        self.at(self.t)
+        self.cmds = []
+
+    def activate(self):
+        node = self.node
         node.trigger_configure()
-        horizon = node._loaded.metadata.horizon
-        node._worker.start = lambda: None  # planned by hand below
-        node.trigger_activate()
-        node._worker.plan_fn = lambda obs, shift: (np.full((horizon, 2), np.nan), 0.0)
+        node._worker.start = lambda: None  # planned by hand in run()
         node._worker._poll_s = 0.0
-        cmds = []
-        node._publish = cmds.append
-        joints, goal = node._inputs.streams[:2]
+        node._publish = self.cmds.append
+        node.trigger_activate()
+        return node._loaded.metadata
 
-        def run(ticks, start):
-            for i in range(1, ticks + 1):
-                t = start + i / RATE_HZ
-                at(t)
-                node._inputs._on_joint_state(joints, make_joint_state(
-                    ('robot_x', 'robot_y'), [0.5, 0.5], sec_to_stamp(t)))
-                node._inputs._on_pose(goal, make_pose_stamped(0.9, 0.5, 0.0, sec_to_stamp(t)))
-                if node._worker.due(t):
-                    node._worker.plan_once()
-                node._tick()
-        run(10, 100.0)
+    def at(self, t):
+        from rclpy.time import Time
+
+        self.t = t
+        self.node.get_clock().set_ros_time_override(Time(nanoseconds=int(round(t * 1e9))))
+
+    def run(self, ticks, joints=(0.5, 0.5)):
+        """``ticks`` control periods: joint state and goal pose, planning when due, a tick."""
+        from energyflow_ros.nodes.messages import (make_joint_state, make_pose_stamped,
+                                                   sec_to_stamp)
+        node = self.node
+        joint_stream, goal_stream = node._inputs.streams[:2]
+        for _ in range(ticks):
+            self.at(self.t + 1.0 / RATE_HZ)
+            stamp = sec_to_stamp(self.t)
+            node._inputs._on_joint_state(joint_stream, make_joint_state(
+                ('robot_x', 'robot_y'), list(joints), stamp))
+            node._inputs._on_pose(goal_stream, make_pose_stamped(0.9, 0.5, 0.0, stamp))
+            if node._worker.due(self.t):
+                node._worker.plan_once()
+            node._tick()
+
+    def close(self):
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
+    harness = InProcessNode()
+    try:
+        node, horizon = harness.node, harness.activate().horizon
+        node._worker.plan_fn = lambda obs, shift: (np.full((horizon, 2), np.nan), 0.0)
+        harness.run(10)
         level, message = node._level()
         assert level == 'error', message
         assert 'measured position: the sampler failed 10 times since the last plan' in message
         assert 'non-finite' in message
-        np.testing.assert_allclose(cmds[-1], [0.5, 0.5])  # held where it is
+        np.testing.assert_allclose(harness.cmds[-1], [0.5, 0.5])  # held where it is
         # one good plan, then failures: at its end the node rests on its final target
         good = iter([(np.full((horizon, 2), 0.55), 0.0)])
         node._worker.plan_fn = lambda obs, shift: next(
             good, (np.full((horizon, 2), np.nan), 0.0))
-        run(2, 100.2)
+        harness.run(2)
         assert node._worker.stats.plans == 1 and node._level()[0] != 'error'
-        run(int(RATE_HZ * 1.5 * horizon * node._loaded.metadata.control_period_s), 100.24)
+        harness.run(int(RATE_HZ * 1.5 * horizon * node._loaded.metadata.control_period_s))
         level, message = node._level()
         assert level == 'error' and "last plan's final target: the sampler failed" in message
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        harness.close()
+
+
+def test_an_arm_far_outside_its_limits_gets_no_command_and_an_error_naming_the_joint():
+    harness = InProcessNode(joint_lower=[0.8, 0.0])  # the arm is measured at x = 0.5
+    try:
+        harness.activate()
+        harness.run(5)
+        assert harness.cmds and all(cmd is None for cmd in harness.cmds)  # nothing sent
+        level, message = harness.node._level()
+        assert level == 'error' and 'robot_x at 0.5 (limits [0.8, 1])' in message, message
+        sent = len(harness.cmds)
+        harness.run(5, joints=(0.795, 0.5))  # back within one step of the limit
+        resumed = [cmd for cmd in harness.cmds[sent:] if cmd is not None]
+        assert resumed and resumed[0][0] == pytest.approx(0.8, abs=0.012)  # eased in from it
+        assert 'outside the limits' not in harness.node._level()[1]
+    finally:
+        harness.close()

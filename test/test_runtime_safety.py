@@ -76,9 +76,21 @@ def test_bad_measurements_are_ignored():
 
 
 def test_hold_is_clamped_and_rate_limit_continues_from_it():
-    filt = make_filter(measured=(1.2, 0.0))  # measured slightly outside the limit
+    filt = make_filter(measured=(1.05, 0.0))  # measured within one step outside the limit
     np.testing.assert_allclose(filt.hold(), [1.0, 0.0])
     np.testing.assert_allclose(filt.apply(np.array([0.0, 0.0])), [0.9, 0.0])
+
+
+def test_a_pose_far_outside_the_limits_is_never_commanded():
+    filt = make_filter(measured=(1.3, 0.0))  # 3 steps outside: clamping would jump 0.3
+    assert filt.hold() is None
+    assert 'a at 1.3 (limits [0, 1]): more than one step outside' in filt.status.fault
+    filt.start()
+    assert filt.apply(np.array([0.9, 0.0])) is None and filt.status.fault
+    assert filt.apply(np.array([np.nan, 0.0])) is None and filt.status.fault
+    filt.update_measured(np.array([1.08, 0.0]))  # moved back within reach
+    np.testing.assert_allclose(filt.apply(np.array([0.5, 0.0])), [0.9, 0.0])
+    assert not filt.status.fault
 
 
 def test_start_restarts_from_the_measured_pose():

@@ -414,6 +414,9 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             return 'ok', state
         if self.now() - self._input_error_time < INPUT_ERROR_HOLD_S:
             return 'error', f'rejected input: {self._input_error}'
+        if self.filter.status.fault:
+            self.get_logger().error(self.filter.status.fault, throttle_duration_sec=5.0)
+            return 'error', self.filter.status.fault
         stats = self._worker.stats if self._worker is not None else None
         waiting = self._holding and self._hold_reason == WAITING_FOR_PLAN
         if stats is not None and stats.failures_since_plan and (

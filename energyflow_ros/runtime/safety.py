@@ -11,7 +11,10 @@ send to a position controller:
   eases in from its measured pose at activation.
 
 Hold commands bypass the rate limit on purpose: they command the arm where it already is, so
-they never move it; the rate limiter then continues from the held position.
+they never move it; the rate limiter then continues from the held position. A measured pose
+more than one step outside the limits can be neither held (that is outside the limits) nor
+clamped (that jumps the arm to the limit): then nothing is commanded and
+:attr:`FilterStatus.fault` names the joints, until the arm is measured within reach again.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class FilterStatus:
         clamped: at least one joint was clamped to its limits.
         rate_limited: at least one joint's change was cut to the per-tick limit.
         reason: why a target was rejected ('' when it was not).
+        fault: why nothing at all is commanded ('' normally): the measured pose is more than
+            one step outside the limits.
     """
 
     held: bool = False
@@ -83,6 +88,7 @@ class FilterStatus:
     clamped: bool = False
     rate_limited: bool = False
     reason: str = ''
+    fault: str = ''
 
 
 class JointCommandFilter:
@@ -148,17 +154,24 @@ class JointCommandFilter:
 
     def start(self) -> None:
         """Begin (again) from the measured pose: the next command is rate-limited from it."""
-        self._last = None if self._measured is None else self._clamp(self._measured.copy())
+        reachable = self._measured is not None and not self._out_of_reach()
+        self._last = self._clamp(self._measured.copy()) if reachable else None
         self._ticks_since_start = 0
 
     def hold(self) -> np.ndarray | None:
         """The hold command: the last measured position clamped to the limits.
 
         Returns:
-            (J,) command, or None when nothing was ever measured (then send nothing).
+            (J,) command, or None when nothing was ever measured or the measured pose is more
+            than one step outside the limits (then send nothing; :attr:`status` says why).
         """
         self.status = FilterStatus(held=True)
         if self._measured is None:
+            return None
+        fault = self._out_of_reach()
+        if fault:
+            self.status = FilterStatus(held=True, fault=fault)
+            self._last = None
             return None
         held = self._clamp(self._measured.copy())
         self._last = held.copy()
@@ -172,19 +185,25 @@ class JointCommandFilter:
 
         Returns:
             (J,) safe command (a fresh array), or None when nothing was ever measured (a filter
-            never commands an arm it has not measured). :attr:`status` tells what happened.
+            never commands an arm it has not measured) or when starting from a measured pose
+            more than one step outside the limits. :attr:`status` tells what happened.
         """
         reason = self._reject_reason(target)
         if reason:
             out = self.hold()
             refused = target is not None and self._measured is not None
-            self.status = FilterStatus(held=True, rejected=refused, reason=reason)
+            self.status = FilterStatus(held=True, rejected=refused, reason=reason,
+                                       fault=self.status.fault)
             return out
+        if self._last is None:
+            fault = self._out_of_reach()
+            if fault:
+                self.status = FilterStatus(held=True, fault=fault)
+                return None
+            self.start()
         goal = np.asarray(target, dtype=np.float64)
         clamped = np.clip(goal, self._lower, self._upper, out=self._out)
         status = FilterStatus(clamped=bool(np.any(clamped != goal)))
-        if self._last is None:
-            self.start()
         step = self._max_step * self._ramp_fraction()
         delta = np.clip(clamped - self._last, -step, step)
         status.rate_limited = bool(np.any(np.abs(clamped - self._last) > step))
@@ -216,3 +235,18 @@ class JointCommandFilter:
 
     def _clamp(self, q: np.ndarray) -> np.ndarray:
         return np.clip(q, self._lower, self._upper)
+
+    def _out_of_reach(self) -> str:
+        """Why the measured pose cannot be held or clamped without a jump ('' when it can)."""
+        q = self._measured
+        if q is None:
+            return ''
+        gap = np.maximum(self._lower - q, q - self._upper)
+        far = np.flatnonzero(gap > self._max_step)
+        if far.size == 0:
+            return ''
+        joints = ', '.join(f'{self.limits.names[i]} at {q[i]:.6g} (limits '
+                           f'[{self._lower[i]:.6g}, {self._upper[i]:.6g}])' for i in far)
+        return (f'measured {joints}: more than one step outside the limits, so nothing is '
+                'commanded (holding there leaves the limits, clamping jumps the arm); move '
+                'the arm within the limits or widen joint_lower / joint_upper')
