@@ -89,7 +89,12 @@ def test_unknown_fields_are_rejected_by_name(data, unknown):
     (['ema_decay=1.0'], 'ema_decay'), (['task=my_arm'], 'task'),
     (['method_config={rnce: {n_negatives: 0}}'], 'n_negatives'),
     (['backbone.kind=unet', 'horizon=6'], 'channels'), (['data.source=csv'], 'source'),
-    (['data.source=npz'], 'path'), (['optim.batch_size=2.5'], 'batch_size')])
+    (['data.source=npz'], 'path'), (['optim.batch_size=2.5'], 'batch_size'),
+    (['method_config.energyflow.flow.t_end=abc'], 't_end .* expected a number'),
+    (['method_config.ibc.dfo.shrink=[0.5]'], 'shrink .* expected a number'),
+    (['backbone.unet.channels=64'], 'channels = 64 is invalid: expected a list'),
+    (['data.obs_keys=robot0_eef_pos'], 'obs_keys .* expected a list'),
+    (['eval.warm_start=3'], 'warm_start = 3 is invalid: expected true or false')])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
         load_train_config(None, overrides)

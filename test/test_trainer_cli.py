@@ -42,9 +42,16 @@ def _bad_inputs(tmp_path, demo_npz):
     unknown.write_text('task: obstacles2d\noptim:\n  lrr: 0.1\n')
     broken = tmp_path / 'broken.yaml'
     broken.write_text('task: [obstacles2d\n')
+    truncated = tmp_path / 'truncated.npz'  # an interrupted copy
+    with open(demo_npz, 'rb') as handle:
+        truncated.write_bytes(handle.read()[:200])
+    empty = tmp_path / 'empty.npz'
+    empty.write_bytes(b'')
     return [
         ('missing dataset', [f'data.path={tmp_path}/absent.npz'], 'not found: '),
         ('wrong shapes', [f'data.path={narrow}'], 'the data has 3 observation dims'),
+        ('truncated npz', [f'data.path={truncated}'], 'not a readable npz file'),
+        ('empty npz', [f'data.path={empty}'], 'not a readable npz file'),
         ('NaN rows', [f'data.path={nan}'],
          'obs has non-finite values in 1 frame(s), first at frame 7'),
         ('unknown method', [f'data.path={demo_npz}', 'method=gail'], "method = 'gail'"),

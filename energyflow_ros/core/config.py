@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 import math
+import types
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -320,10 +321,47 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = 
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = config_from_dict(hint, value, f'{label}.{name}')
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            expected = _type_mismatch(hint, value)
+            if expected:
+                raise ConfigError(f'{label}.{name} = {value!r} is invalid: expected '
+                                  f'{expected}')
+            if isinstance(value, list):
+                value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+_TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+
+
+def _type_mismatch(hint: Any, value: Any) -> str:
+    """What ``hint`` expects when ``value`` does not fit it ('' when it fits or is not checked).
+
+    Scalars, optionals and tuples are checked (a YAML integer is a number); other hints pass.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return ''
+        wanted = [a for a in args if a is not type(None)]
+        misses = [_type_mismatch(a, value) for a in wanted]
+        if all(misses):
+            return ' or '.join(misses) + (' or null' if type(None) in args else '')
+        return ''
+    if hint in _TYPE_NAMES:
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = {bool: isinstance(value, bool), int: numeric and isinstance(value, int),
+                float: numeric, str: isinstance(value, str)}[hint]
+        return '' if fits else _TYPE_NAMES[hint]
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return 'a list'
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item is not None and any(_type_mismatch(item, v) for v in value):
+            return f'a list whose items are each {_TYPE_NAMES.get(item, item)}'
+        return ''
+    return ''
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import hashlib
 import os
 from typing import Any
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -119,10 +121,11 @@ class DemoSet:
                 return cls(obs=data['obs'], actions=data['actions'],
                            episode_ends=data['episode_ends'], **names,
                            meta={'source': os.path.abspath(path)})
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             if isinstance(exc, DemoError):
                 raise
-            raise DemoError(f'{path}: not a readable npz file ({exc})') from exc
+            raise DemoError(f'{path}: not a readable npz file ({type(exc).__name__}: '
+                            f'{exc})') from exc
 
 
 @dataclass
