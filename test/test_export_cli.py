@@ -45,6 +45,15 @@ def test_failures_exit_1_with_the_reason(tmp_path, capsys):
     assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
                  '--warm-start-t', '0.5']) == 1
     assert 'warm_start_t applies to EnergyFlow models only, not mse' in capsys.readouterr().err
+    for joints, problem in (('elbow,elbow', "['elbow', 'elbow'] must be distinct and non-empty "
+                                           "(['elbow'] repeated)"),
+                            ('elbow,', "['elbow', ''] must be distinct and non-empty")):
+        assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
+                     '--joint-names', joints]) == 1
+        assert f'joint_names {problem}' in capsys.readouterr().err
+    blocked = tmp_path / 'c.pt' / 'm.onnx'  # a folder that is a file: OSError, not a traceback
+    assert main(['--checkpoint', ckpt, '--out', str(blocked)]) == 1
+    assert 'energyflow-export: error:' in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ['c.pt', 'd.pt']
 
 

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_steps=args.warm_steps, warm_start_t=args.warm_start_t,
             executed_steps=args.executed_steps, joint_names=joints, use_ema=not args.no_ema,
             atol=args.atol, rtol=args.rtol)
-    except (CheckpointError, ExportError, ParityError) as exc:
+    except (CheckpointError, ExportError, ParityError, OSError) as exc:
         print(f'energyflow-export: error: {exc}', file=sys.stderr)
         return 1
     print(summary(args.out, metadata))

@@ -332,6 +332,11 @@ class ModelMetadata:
         joint_names = tuple(str(n) for n in data['joint_names'])
         _require(len(joint_names) == act_dim, f'{len(joint_names)} joint_names for {act_dim} '
                                               'action dimensions')
+        for label, names in (('joint_names', joint_names), ('obs_names', obs_names)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            _require(not repeated and all(n.strip() for n in names),
+                     f'{label} {list(names)} must be distinct and non-empty'
+                     + (f' ({repeated} repeated)' if repeated else ''))
         return cls(
             method=str(data['method']), graph=graph, obs_names=obs_names, n_obs=n_obs,
             action_names=action_names, joint_names=joint_names,
