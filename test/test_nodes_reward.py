@@ -127,3 +127,34 @@ def test_no_reward_without_executed_commands(loop):
         commands.on.set()
     t1 = time.monotonic()
     assert wait_until(lambda: len(rec['stamped'].since(t1)) > 0, 5)
+
+
+@pytest.mark.parametrize('method', ['diffusion', 'mse'])
+def test_a_model_without_energy_is_refused_by_name(tmp_path, method):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from energyflow_ros.nodes.model_loader import ConfigError
+    from energyflow_ros.nodes.reward_node import RewardNode
+    from test.export_fixtures import export_tiny
+
+    path, _ = export_tiny(str(tmp_path), method)
+
+    def flat(tree, prefix=''):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f'{prefix}{key}.')
+            else:
+                yield f'{prefix}{key}', value
+    params = dict(flat({**reward_params(path), 'autostart': False}))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'))
+    node = RewardNode(context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in params.items()])
+    try:
+        with pytest.raises(ConfigError, match=f"a '{method}' model has no energy, so it has "
+                                              'no reward'):
+            node._configure()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
