@@ -234,3 +234,20 @@ def test_bad_observations_are_rejected(tiny):
         planner.plan(np.array([[0.0, np.nan, 0.0], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match='per batch row'):
         planner.plan_batch(np.zeros((3, 5)))
+
+
+def test_a_renamed_model_without_its_warm_file_is_refused_when_warm_start_is_asked(
+        tiny, tmp_path):
+    import shutil
+
+    renamed = str(tmp_path / 'robot.onnx')  # the sampler file alone, under another name
+    shutil.copy(tiny['energyflow'][0], renamed)
+    model = load_model(renamed)
+    with pytest.raises(ValueError, match=r'robot\.warm\.onnx is missing: the model was '
+                                         'exported with a warm-start sampler'):
+        ChunkPlanner(model)
+    assert not ChunkPlanner(model, warm_start=False).warm_start  # cold on purpose: allowed
+    for suffix in ('warm', 'energy'):  # the whole family renamed: warm start as exported
+        shutil.copy(tiny['energyflow'][0].replace('.onnx', f'.{suffix}.onnx'),
+                    renamed.replace('.onnx', f'.{suffix}.onnx'))
+    assert ChunkPlanner(load_model(renamed)).warm_start

@@ -19,11 +19,12 @@ chunk and 22 % of episodes timed out. Continuing at half the last step's speed k
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 import time
 
 import numpy as np
 
-from energyflow_ros.runtime.model_format import ModelMetadata, StepSchedule
+from energyflow_ros.runtime.model_format import graph_path, ModelMetadata, StepSchedule
 from energyflow_ros.runtime.onnx_model import OnnxModel
 
 __all__ = ['Plan', 'BatchPlan', 'ChunkPlanner', 'shift_chunk', 'sample_mixture', 'describe',
@@ -127,7 +128,8 @@ class ChunkPlanner:
         """Prepare buffers for ``model`` (warming it up again if N is not its default).
 
         Raises:
-            ValueError: a non-positive particle count, or an extrapolation outside [0, 1].
+            ValueError: a non-positive particle count, an extrapolation outside [0, 1], or
+                warm start asked of a model whose warm-sampler file is missing.
         """
         meta = model.metadata
         self.model, self.metadata = model, meta
@@ -136,6 +138,12 @@ class ChunkPlanner:
             raise ValueError(f'n_particles = {n_particles} must be >= 1')
         if not meta.sampler.energy_based:
             self.n_particles = 1
+        warm_file = graph_path(model.path, 'warm_sampler')
+        if warm_start and meta.sampler.warm is not None and not os.path.isfile(warm_file):
+            raise ValueError(f'{warm_file} is missing: the model was exported with a warm-start '
+                             'sampler, and without that file every chunk would start cold; '
+                             'copy it beside the model (a renamed model needs all its '
+                             '<stem>.*.onnx files renamed too) or turn warm start off')
         self.warm_start = warm_start and model.has('warm_sampler')
         if not 0.0 <= warm_extrapolation <= 1.0:
             raise ValueError(f'warm_extrapolation = {warm_extrapolation} must be in [0, 1]')
