@@ -131,6 +131,18 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, d
     assert not [n for n in os.listdir(killed) if n.startswith('.ckpt-')]
 
 
+def test_a_finished_run_missing_its_final_checkpoint_writes_it_on_resume(tmp_path, demo_npz):
+    run = [*TINY, f'data.path={demo_npz}', 'optim.steps=20', 'checkpoint_every=10',
+           'log_every=10', f'out_dir={tmp_path}']
+    assert main(run) == 0
+    written = _final_tensors(tmp_path / 'final.pt')
+    os.remove(tmp_path / 'final.pt')  # killed between the last checkpoint and final.pt
+    assert main([*run, '--resume']) == 0
+    rewritten = _final_tensors(tmp_path / 'final.pt')
+    assert rewritten.keys() == written.keys()
+    assert all(torch.equal(rewritten[k], written[k]) for k in written)
+
+
 def test_a_corrupt_checkpoint_is_reported_not_overwritten(tmp_path, demo_npz, capsys):
     run = tmp_path / 'run'
     run.mkdir()

@@ -39,7 +39,7 @@ from energyflow_ros.training.data_source import (
     BatchOrder, DataConfig, load_demos, prepare_data, TRAIN_META_KEYS, TrainingData,
 )
 from energyflow_ros.training.distributed import (
-    all_reduce_gradients, broadcast_module, DEVICES, DistContext, gather_rng_state,
+    all_gather_objects, all_reduce_gradients, broadcast_module, DEVICES, DistContext, gather_rng_state,
     init_distributed, restore_rng_state, shutdown,
 )
 from energyflow_ros.training.ema import ExponentialMovingAverage
@@ -515,7 +515,7 @@ class Trainer:
         """Train until ``optim.steps`` (or until step ``stop_after``, leaving a checkpoint).
 
         Checkpoints every ``checkpoint_every`` steps and at the end; writes ``final.pt`` when
-        the last step is done.
+        the last step is done (also when resuming a finished run whose ``final.pt`` is missing).
         """
         cfg, total = self.cfg, self.cfg.optim.steps
         end = total if stop_after is None else min(total, stop_after)
@@ -531,6 +531,9 @@ class Trainer:
                     self.save(elapsed, final=self.step == total)
                 bar.update(1)
         self.elapsed_s = time.perf_counter() - start
+        if self.step == total and any(all_gather_objects(
+                self.ctx.is_main and not os.path.exists(self.path('final.pt')), self.ctx)):
+            self.save(self.elapsed_s, final=True)  # killed after the last checkpoint, before it
 
 
 @dataclass
