@@ -51,6 +51,9 @@ def test_failures_exit_1_with_the_reason(tmp_path, capsys):
         assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'),
                      '--joint-names', joints]) == 1
         assert f'joint_names {problem}' in capsys.readouterr().err
+    assert main(['--checkpoint', ckpt, '--out', str(tmp_path / 'm.onnx'), '--particles', '4',
+                 '--steps', '3']) == 1  # settings an MSE model would silently ignore
+    assert 'n_particles, n_steps: not used by mse models' in capsys.readouterr().err
     blocked = tmp_path / 'c.pt' / 'm.onnx'  # a folder that is a file: OSError, not a traceback
     assert main(['--checkpoint', ckpt, '--out', str(blocked)]) == 1
     assert 'energyflow-export: error:' in capsys.readouterr().err

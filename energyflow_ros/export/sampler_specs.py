@@ -149,8 +149,9 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
             values let a warm start move further from the previous chunk.
 
     Raises:
-        ValueError: a non-positive count, or a warm_start_t outside (t_end, 1] or given for
-            another method.
+        ValueError: a non-positive count, a warm_start_t outside (t_end, 1] or given for
+            another method, or a setting the method does not use (particles or warm steps of
+            a diffusion model; any of the three for MSE).
     """
     for name, value in (('n_particles', n_particles), ('n_steps', n_steps),
                         ('warm_steps', warm_steps)):
@@ -161,6 +162,15 @@ def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | 
                              + (' (0 steps: R-NCE only)' if name == 'n_steps' else ''))
     if warm_start_t is not None and not isinstance(method, EnergyFlowMethod):
         raise ValueError(f'warm_start_t applies to EnergyFlow models only, not {method.name}')
+    unused = {DiffusionMethod: ('n_particles', 'warm_steps'),
+              MSEMethod: ('n_particles', 'n_steps', 'warm_steps')}
+    given = {'n_particles': n_particles, 'n_steps': n_steps, 'warm_steps': warm_steps}
+    for cls, names in unused.items():
+        ignored = [n for n in names if isinstance(method, cls) and given[n] is not None]
+        if ignored:
+            raise ValueError(f'{", ".join(ignored)}: not used by {method.name} models (one '
+                             'sample per chunk' + (', no sampling steps)' if cls is MSEMethod
+                                                   else ', no warm-start graph)'))
     if isinstance(method, EnergyFlowMethod):
         return _energyflow(method, n_particles, n_steps, warm_steps, warm_start_t)
     if isinstance(method, DiffusionMethod):
