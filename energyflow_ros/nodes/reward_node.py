@@ -19,10 +19,10 @@ Topics:
     ``/energyflow/reward`` (std_msgs/Float64): r.
     ``/energyflow/reward_stamped`` (geometry_msgs/PointStamped): ``header.stamp`` = the
         observation's stamp, ``point.x`` = r, ``point.y`` = E of the executed chunk,
-        ``point.z`` = the mean reference energy (so x = z - y for ``centered``). PointStamped is the standard
-        header-carrying message with three float64 fields: it records, plots and bags with
-        every stock tool, and needs no custom message package (this is an ament_python
-        package).
+        ``point.z`` = the mean reference energy (so x = z - y for ``centered``).
+        PointStamped is the standard header-carrying message with three float64 fields: it
+        records, plots and bags with every stock tool, and needs no custom message package
+        (this is an ament_python package).
     ``/diagnostics``: rewards published, windows skipped (no command), last reward.
 Subscriptions: the observation streams (``observation.*`` as for policy_node) and the executed
 command (``command_interface`` ``forward``: Float64MultiArray in ``joint_names`` order;

@@ -39,8 +39,8 @@ from energyflow_ros.training.data_source import (
     BatchOrder, DataConfig, load_demos, prepare_data, TRAIN_META_KEYS, TrainingData,
 )
 from energyflow_ros.training.distributed import (
-    all_gather_objects, all_reduce_gradients, broadcast_module, DEVICES, DistContext, gather_rng_state,
-    init_distributed, restore_rng_state, shutdown,
+    all_gather_objects, all_reduce_gradients, broadcast_module, DEVICES, DistContext,
+    gather_rng_state, init_distributed, restore_rng_state, shutdown,
 )
 from energyflow_ros.training.ema import ExponentialMovingAverage
 from energyflow_ros.training.policy import ChunkPolicy, evaluate_chunk_policy
