@@ -208,6 +208,17 @@ class Probe:
         self.context.try_shutdown()
 
 
+def flat_params(tree: dict, prefix: str = '') -> dict:
+    """A node's nested YAML parameters as dotted names (``{'a': {'b': 1}}`` -> ``{'a.b': 1}``)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.02) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds pass."""
     end = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from test.ros_helpers import domain_id, REPO, ros_env
+from test.ros_helpers import domain_id, flat_params, REPO, ros_env
 
 LAUNCH = os.path.join(REPO, 'launch', 'policy.launch.py')
 ARGUMENTS = {'model': None, 'config': None, 'sim': 'true', 'reward': 'true',
@@ -40,16 +40,6 @@ def _declared_arguments():
             default = next(k.value for k in node.keywords if k.arg == 'default_value')
             found[name] = default
     return found
-
-
-def _flatten(params, prefix=''):
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f'{prefix}{key}.'))
-        else:
-            out[f'{prefix}{key}'] = value
-    return out
 
 
 def test_launch_file_compiles():
@@ -102,7 +92,7 @@ def test_config_sets_only_declared_parameters(config, node, tmp_path):
     from rclpy.context import Context
 
     with open(os.path.join(REPO, 'config', config), encoding='utf-8') as handle:
-        params = _flatten(yaml.safe_load(handle)[node]['ros__parameters'])
+        params = flat_params(yaml.safe_load(handle)[node]['ros__parameters'])
     module = importlib.import_module(NODE_MODULES[node])
     args = ['--ros-args', '--params-file', os.path.join(REPO, 'config', config), '-r',
             f'__node:={node}']

@@ -19,8 +19,8 @@ from trajectory_msgs.msg import JointTrajectory
 import yaml
 
 from energyflow_ros.nodes.params import latched_qos
-from test.ros_helpers import (domain_id, FakeRobot, NodeProcess, Probe, REPO, tiny_model,
-                              wait_until)
+from test.ros_helpers import (domain_id, FakeRobot, flat_params, NodeProcess, Probe, REPO,
+                              tiny_model, wait_until)
 
 DOMAIN = domain_id(__name__)
 FORWARD = '/forward_position_controller/commands'
@@ -371,14 +371,8 @@ class InProcessNode:
 
         from energyflow_ros.nodes.policy_node import PolicyNode
 
-        def flat(tree, prefix=''):
-            for key, value in tree.items():
-                if isinstance(value, dict):
-                    yield from flat(value, f'{prefix}{key}.')
-                else:
-                    yield f'{prefix}{key}', value
-        params = dict(flat(policy_params(tiny_model(), autostart=False, freeze_gc=False,
-                                         **overrides)))
+        params = flat_params(policy_params(tiny_model(), autostart=False, freeze_gc=False,
+                                           **overrides))
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id(__name__ + '.in_process'))
         self.node = PolicyNode(context=self.context, parameter_overrides=[

@@ -15,8 +15,8 @@ import yaml
 
 from energyflow_ros.runtime.onnx_model import load_model
 from energyflow_ros.runtime.reward import EnergyReward
-from test.ros_helpers import (domain_id, FakeRobot, NodeProcess, Probe, REPO, tiny_model,
-                              wait_until)
+from test.ros_helpers import (domain_id, FakeRobot, flat_params, NodeProcess, Probe, REPO,
+                              tiny_model, wait_until)
 
 DOMAIN = domain_id(__name__)
 COMMAND = (0.35, 0.65)
@@ -140,13 +140,7 @@ def test_a_model_without_energy_is_refused_by_name(tmp_path, method):
 
     path, _ = export_tiny(str(tmp_path), method)
 
-    def flat(tree, prefix=''):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flat(value, f'{prefix}{key}.')
-            else:
-                yield f'{prefix}{key}', value
-    params = dict(flat({**reward_params(path), 'autostart': False}))
+    params = flat_params({**reward_params(path), 'autostart': False})
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'))
     node = RewardNode(context=context, parameter_overrides=[
