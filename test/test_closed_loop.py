@@ -55,3 +55,15 @@ def test_rewards_flow_and_outputs_are_written(report):
     assert report['reward_messages'] > 20
     assert report['png'].stat().st_size > 5000
     assert 'success' in report['stdout'] and 'achieved' in report['stdout']
+
+
+def test_a_run_that_times_out_is_an_error_not_a_report(tmp_path):
+    env = ros_env(domain_id(__name__ + '.timeout'))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'energyflow_ros.cli.closed_loop', '--episodes', '50',
+         '--no-reward', '--out', str(tmp_path), '--timeout', '3'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ('was not active after --timeout 3 s' in proc.stderr
+            or 'of 50 episodes finished within --timeout 3 s' in proc.stderr), proc.stderr
+    assert not (tmp_path / 'closed_loop.json').exists()

@@ -27,6 +27,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 
 from energyflow_ros.cli.node_process import start_node, stop_nodes
+from energyflow_ros.cli.results_files import write_files
 from energyflow_ros.nodes.params import latched_qos, reliable_qos
 
 __all__ = ['package_file', 'LoopMonitor', 'run_closed_loop', 'main']
@@ -141,11 +142,18 @@ def run_closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         while monitor.policy_diag.get('state') != 'active' and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
             _check_alive(procs, args.out)
+        if monitor.policy_diag.get('state') != 'active':
+            raise RuntimeError(f'policy_node was not active after --timeout {args.timeout:g} s '
+                               f"(last diagnostics: {monitor.policy_diag.get('level_message')}"
+                               f"); see {os.path.join(args.out, 'policy_node.log')}")
         procs.append(start_node('sim_node', {'episodes': args.episodes, 'seed': args.seed},
                                 args.out, args.sim_config))
         while len(monitor.episodes) < args.episodes and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
             _check_alive(procs, args.out)
+        if len(monitor.episodes) < args.episodes:
+            raise RuntimeError(f'only {len(monitor.episodes)} of {args.episodes} episodes '
+                               f'finished within --timeout {args.timeout:g} s; no report written')
         for _ in range(20):  # collect the last diagnostics
             executor.spin_once(timeout_sec=0.05)
         report = _report(monitor, args)
@@ -153,8 +161,7 @@ def run_closed_loop(args: argparse.Namespace) -> dict[str, Any]:
         rclpy.try_shutdown()
         stop_nodes(procs)
     _plot(monitor, report, os.path.join(args.out, 'closed_loop.png'))
-    with open(os.path.join(args.out, 'closed_loop.json'), 'w', encoding='utf-8') as handle:
-        json.dump(report, handle, indent=2)
+    write_files(args.out, {'closed_loop.json': json.dumps(report, indent=2)})
     return report
 
 
@@ -282,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         report = run_closed_loop(args)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f'energyflow-closed-loop: error: {exc}', file=sys.stderr)
         return 1
     _print(report)
