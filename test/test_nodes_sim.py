@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 import time
 
 from geometry_msgs.msg import PoseStamped
@@ -12,7 +14,7 @@ from std_msgs.msg import Empty, Float64MultiArray, MultiArrayDimension, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from energyflow_ros.nodes.params import latched_qos
-from test.ros_helpers import domain_id, NodeProcess, Probe, wait_until
+from test.ros_helpers import domain_id, NodeProcess, Probe, REPO, ros_env, wait_until
 
 DOMAIN = domain_id(__name__)
 FORWARD = '/forward_position_controller/commands'
@@ -189,3 +191,35 @@ def test_pusht_pose_carries_the_block_angle(probe, tmp_path):
             yaw - obs[4]) == pytest.approx(0.0, abs=1e-9)
     finally:
         assert node.interrupt() == 0
+
+
+@pytest.mark.parametrize('params, match', [
+    ({'joint_lower': [0.5]}, r'joint_lower = \[0.5\] is invalid: expected 2 finite values'),
+    ({'joint_upper': [1.0, float('nan')]}, 'joint_upper .* expected 2 finite values'),
+    ({'joint_lower': [0.8, 0.0], 'joint_upper': [0.2, 1.0]}, 'exceeds joint_upper'),
+    ({'pose_obs_names': ['goal_x', 'goal_z']}, r"\['goal_z'\] are not observations"),
+    ({'task': 'blockpush'}, 'observes no position of its joints'),
+])
+def test_bad_parameters_name_what_is_wrong(params, match):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from energyflow_ros.nodes.sim_node import SimNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'))
+    try:
+        with pytest.raises(ValueError, match=match):
+            SimNode(context=context, parameter_overrides=[
+                Parameter(k, value=v) for k, v in params.items()])
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_an_out_of_range_parameter_exits_2_with_one_message():
+    proc = subprocess.run([sys.executable, '-m', 'energyflow_ros.nodes.sim_node', '--ros-args',
+                           '-p', 'time_scale:=50.0'], cwd=REPO,
+                          env=ros_env(domain_id(__name__ + '.range')), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert 'time_scale' in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr

@@ -28,6 +28,7 @@ from typing import Any
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Empty, Float64MultiArray, String
@@ -61,10 +62,14 @@ class SimNode(Node):
                                                    if p['max_steps'] > 0 else {}))
         info = self.task.info
         self.joint_names = tuple(info.action_names)
+        missing = [n for n in self.joint_names if n not in info.obs_names]
+        if missing:
+            raise ValueError(f'task {info.name!r} observes no position of its joints {missing} '
+                             f'(observations: {list(info.obs_names)}): it cannot publish them '
+                             'as joint states')
         self._joint_idx = [info.obs_names.index(n) for n in self.joint_names]
         self._pose_idx = self._pose_indices(p['pose_obs_names'] or POSE_OBS.get(p['task'], ()))
-        self.lower = np.array(p['joint_lower'] or info.action_low, dtype=np.float64)
-        self.upper = np.array(p['joint_upper'] or info.action_high, dtype=np.float64)
+        self.lower, self.upper = self._limits(info)
         self.period = 1.0 / (info.control_hz * p['time_scale'])
         self.episode = 0
         self.finished = False
@@ -129,7 +134,25 @@ class SimNode(Node):
             raise ValueError(f'task {self.task.info.name!r} has no pose mapping: set '
                              'pose_obs_names to [x_name, y_name] or [x, y, yaw]')
         obs = self.task.info.obs_names
+        unknown = [n for n in names if n and n not in obs]
+        if unknown:
+            raise ValueError(f'pose_obs_names {list(names)}: {unknown} are not observations '
+                             f'of task {self.task.info.name!r} ({list(obs)})')
         return tuple(obs.index(n) if n else -1 for n in names)
+
+    def _limits(self, info: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The joint limits: the parameters', else the task's action bounds (checked)."""
+        p, n = self.params, len(self.joint_names)
+        lower = np.array(p['joint_lower'] or info.action_low, dtype=np.float64)
+        upper = np.array(p['joint_upper'] or info.action_high, dtype=np.float64)
+        for name, values in (('joint_lower', lower), ('joint_upper', upper)):
+            if values.shape != (n,) or not np.all(np.isfinite(values)):
+                raise ValueError(f'{name} = {values.tolist()} is invalid: expected {n} finite '
+                                 f'values, one per joint {list(self.joint_names)}')
+        if np.any(lower > upper):
+            raise ValueError(f'joint_lower {lower.tolist()} exceeds joint_upper '
+                             f'{upper.tolist()}')
+        return lower, upper
 
     def _create_interfaces(self) -> None:
         p = self.params
@@ -271,8 +294,10 @@ class SimNode(Node):
                                f'{self._step_count} steps: success {self._success}')
 
     def destroy_node(self) -> None:
-        """Close the task, then the node."""
-        self.task.close()
+        """Close the task (when it was built), then the node."""
+        task = getattr(self, 'task', None)
+        if task is not None:
+            task.close()
         super().destroy_node()
 
 
@@ -287,7 +312,7 @@ def main(args: list[str] | None = None) -> None:
     """Run the simulated robot until Ctrl-C / SIGTERM; a bad parameter exits with code 2."""
     try:
         spin_until_interrupted(SimNode, args)
-    except ValueError as exc:
+    except (ValueError, ParameterException) as exc:
         print(f'sim_node: {exc}', file=sys.stderr)
         raise SystemExit(2) from exc
 
