@@ -76,3 +76,15 @@ def test_non_finite_value_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DemoError, match=r"data/demo_2/obs: 'eef_pos' has a non-finite value at "
                                         r'frame 1, dimension 2'):
         read_robomimic(path, ['eef_pos'])
+
+
+def test_an_empty_demo_is_skipped_and_noted(tmp_path: Path) -> None:
+    path = write_robomimic(tmp_path / 'd.hdf5')
+    with h5py.File(path, 'a') as f:
+        empty = f['data'].create_group('demo_3')
+        empty.create_dataset('obs/eef_pos', data=np.zeros((0, 3)))
+        empty.create_dataset('obs/gripper', data=np.zeros((0,), np.float32))
+        empty.create_dataset('actions', data=np.zeros((0, 2)))
+    demos, report = read_robomimic(path, ['gripper', 'eef_pos'])
+    assert demos.episode_ends.tolist() == [4, 7, 12, 14]  # the four demos with frames
+    assert 'data/demo_3 has no frames: skipped' in summarize(demos, report)

@@ -59,7 +59,8 @@ def _read_array(group: h5py.Group, key: str, where: str) -> np.ndarray:
                         'with more than 2 dimensions are not supported as observations')
     if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
         raise DemoError(f'{where}: {key!r} has non-numeric dtype {array.dtype}')
-    array = array.reshape(len(array), -1).astype(np.float64)
+    width = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+    array = array.reshape(len(array), width).astype(np.float64)  # (0, d) too: an empty demo
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
         raise DemoError(f'{where}: {key!r} has a non-finite value at frame {int(bad[0, 0])}, '
