@@ -92,3 +92,23 @@ def test_errors_name_feature_and_episode(tmp_path: Path) -> None:
         read_lerobot(write_lerobot(tmp_path / 'nan', nan_at=3))
     with pytest.raises(DemoError, match='no meta/info.json'):
         read_lerobot(tmp_path / 'nothing')
+
+
+def test_bad_files_and_columns_are_errors_naming_them(tmp_path: Path) -> None:
+    root = write_lerobot(tmp_path / 'ds')
+    data = root / 'data' / 'chunk-000'
+    first = data / 'file-000.parquet'
+    table = pq.read_table(first)
+    uneven = [[1.0, 2.0, 3.0], [4.0]] + [[0.0, 0.0]] * (table.num_rows - 2)  # 3 + 1 = 2 + 2
+    pq.write_table(table.set_column(table.schema.get_field_index('action'), 'action',
+                                    pa.array(uneven, pa.list_(pa.float32()))), first)
+    with pytest.raises(DemoError, match=r"file-000.parquet: column 'action' has rows of "
+                                        r'different lengths \[1, 2, 3\]'):
+        read_lerobot(root)
+    pq.write_table(table, first)
+    pq.write_table(table.slice(0, 0), data / 'file-002.parquet')  # adds nothing, breaks nothing
+    demos, _ = read_lerobot(root)
+    assert demos.episode_ends.tolist() == [5, 8]
+    first.write_bytes(first.read_bytes()[:40])  # cut off
+    with pytest.raises(DemoError, match='file-000.parquet: not a readable parquet file'):
+        read_lerobot(root)

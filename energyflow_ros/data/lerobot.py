@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from energyflow_ros.data.align import ReadReport
@@ -73,20 +74,35 @@ def _column(table: pa.Table, key: str, where: str) -> np.ndarray:
         flat = col.flatten()
         if flat.null_count:
             raise DemoError(f'{where}: column {key!r} has null entries inside its lists')
-        values = flat.to_numpy(zero_copy_only=False).astype(np.float64)
-        if n and len(values) % n:
-            raise DemoError(f'{where}: column {key!r} has rows of different lengths')
-        return values.reshape(n, -1 if n else 0)
-    return col.to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, 1)
+        widths = set(pc.list_value_length(col).to_numpy(zero_copy_only=False).tolist())
+        if len(widths) > 1:
+            raise DemoError(f'{where}: column {key!r} has rows of different lengths '
+                            f'{sorted(widths)}')
+        values = _floats(flat, key, where)
+        return values.reshape(n, widths.pop() if widths else 0)
+    return _floats(col, key, where).reshape(n, 1)
+
+
+def _floats(array: pa.Array, key: str, where: str) -> np.ndarray:
+    try:
+        return array.to_numpy(zero_copy_only=False).astype(np.float64)
+    except (ValueError, TypeError, pa.ArrowException) as exc:
+        raise DemoError(f'{where}: column {key!r} is not numeric ({exc})') from exc
 
 
 def _read_file(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    names = pq.read_schema(path).names
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as exc:
+        raise DemoError(f'{path}: not a readable parquet file ({exc})') from exc
     needed = [*keys, 'episode_index'] + (['frame_index'] if 'frame_index' in names else [])
     missing = [k for k in needed if k not in names]
     if missing:
         raise DemoError(f'{path}: column(s) {missing} missing; it has {names}')
-    table = pq.read_table(path, columns=needed)
+    try:
+        table = pq.read_table(path, columns=needed)
+    except (OSError, pa.ArrowException) as exc:
+        raise DemoError(f'{path}: not a readable parquet file ({exc})') from exc
     out = {k: _column(table, k, str(path)) for k in keys}
     for k in needed[len(keys):]:
         out[k] = _column(table, k, str(path))[:, 0].astype(np.int64)
@@ -98,7 +114,10 @@ def _read_rows(root: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     files = sorted((root / 'data').rglob('*.parquet'))
     if not files:
         raise DemoError(f'{root}: no parquet files under data/')
-    parts = [_read_file(f, keys) for f in files]
+    parts = [part for part in (_read_file(f, keys) for f in files)
+             if len(part['episode_index'])]  # a file without rows adds nothing
+    if not parts:
+        raise DemoError(f'{root}: the data files hold no frames')
     common = set.intersection(*(set(p) for p in parts))
     try:
         rows = {k: np.concatenate([p[k] for p in parts]) for k in common}
