@@ -101,3 +101,11 @@ def test_unknown_names_are_usage_errors(capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and text in capsys.readouterr().err
+
+
+def test_an_unreadable_results_file_is_named_before_any_training(tmp_path, capsys):
+    (tmp_path / 'quality.json').write_text('{"records": [')  # a half-written file
+    assert main(['--smoke', '--tasks', 'obstacles2d', '--out', str(tmp_path),
+                 '--runs-dir', str(tmp_path / 'runs')]) == 2
+    assert 'quality.json is not valid JSON' in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()  # nothing was trained

@@ -193,6 +193,16 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reward_eval.main(['--gamma', '1.0'])
     assert '--gamma 1.0: expected 0 <= gamma < 1' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a misspelt task must not silently skip the RL part
+        reward_eval.main(['--rl-tasks', 'obstacle2d', '--out', str(tmp_path)])
+    assert "unknown --rl-tasks task(s) ['obstacle2d']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # ... nor silently use the default model
+        reward_eval.main(['--model', 'obstacle2d=mine.onnx', '--out', str(tmp_path)])
+    assert "unknown --model task(s) ['obstacle2d']" in capsys.readouterr().err
+    (tmp_path / 'reward.json').write_text('{"checks": [')
+    assert reward_eval.main(['--smoke', '--no-rl', '--out', str(tmp_path)]) == 2
+    assert 'reward.json is not valid JSON' in capsys.readouterr().err
+    (tmp_path / 'reward.json').unlink()
     with pytest.raises(ValueError, match='SACConfig.gamma = -0.1'):
         SACConfig(gamma=-0.1)
     with pytest.raises(ValueError, match='SACConfig.train_freq = 0 is invalid'):

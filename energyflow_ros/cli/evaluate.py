@@ -172,7 +172,10 @@ def run_one(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or reuse) one run and return its final evaluation, size and timings."""
     result = train(cfg, resume=True, log=lambda line: None)
     trainer = result.trainer
-    final = next(row for row in reversed(trainer.metrics) if 'eval_success' in row)
+    final = next((row for row in reversed(trainer.metrics) if 'eval_success' in row), None)
+    if final is None:
+        raise TrainError(f'{cfg.out_dir}: the run has no closed-loop evaluation to report '
+                         '(eval.final = false?)')
     eval_s = sum(row.get('eval_wall_s', 0.0) for row in trainer.metrics)
     return {'row': final, 'params': count_parameters(trainer.method),
             'train_s': max(0.0, trainer.elapsed_s - eval_s), 'infer_ms': _infer_ms(trainer)}
@@ -314,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{PROG}: {len(args.tasks)} task(s) x {len(args.methods)} method(s) x '
           f'{args.seeds} seed(s) ({common["mode"]})', flush=True)
     try:
+        load_results(os.path.join(args.out, 'quality.json'))  # unreadable: say so before work
         for task in args.tasks:
             _evaluate_task(task, args, common)
     except (ConfigError, DemoError, TrainError, OSError, ValueError) as exc:

@@ -16,11 +16,20 @@ __all__ = ['load_results', 'merge_records', 'write_files']
 
 
 def load_results(path: str) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when there is none or it is not an object."""
+    """The JSON object in ``path``, or None when there is none or it is not an object.
+
+    Raises:
+        ValueError: the file is not valid JSON (named, so it can be fixed or moved away
+            before hours of work are merged into it).
+    """
     if not os.path.exists(path):
         return None
     with open(path, encoding='utf-8') as handle:
-        data = json.load(handle)
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'{path} is not valid JSON ({exc}); fix or move it: new results '
+                             'are merged into it') from exc
     return data if isinstance(data, dict) else None
 
 

@@ -110,6 +110,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         models[task] = path
     args.models = models
     for label, chosen, allowed in (('task', args.tasks, list(TASK_TICKS)),
+                                   ('--rl-tasks task', args.rl_tasks, list(TASK_TICKS)),
+                                   ('--model task', list(models), list(TASK_TICKS)),
                                    ('source', args.sources, list(REWARD_SOURCES))):
         unknown = sorted(set(chosen) - set(allowed))
         if unknown:
@@ -331,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
               'torch': torch.__version__}
     print(f'{PROG}: tasks {args.tasks} ({common["mode"]})', flush=True)
     try:
+        load_results(os.path.join(args.out, 'reward.json'))  # unreadable: say so before work
         for task in args.tasks:
             path = args.models[task]
             result: dict[str, Any] = {'settings': {task: {**common, 'model': path,
