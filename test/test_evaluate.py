@@ -109,3 +109,17 @@ def test_an_unreadable_results_file_is_named_before_any_training(tmp_path, capsy
                  '--runs-dir', str(tmp_path / 'runs')]) == 2
     assert 'quality.json is not valid JSON' in capsys.readouterr().err
     assert not (tmp_path / 'runs').exists()  # nothing was trained
+
+
+def test_a_run_without_a_final_evaluation_is_an_error_naming_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from energyflow_ros.cli import evaluate
+    from energyflow_ros.training.trainer import TrainError
+
+    finished = SimpleNamespace(trainer=SimpleNamespace(metrics=[{'step': 10, 'loss': 0.5}]))
+    monkeypatch.setattr(evaluate, 'train', lambda cfg, **kwargs: finished)
+    cfg = load_train_config(config_path('obstacles2d', None),
+                            [f'out_dir={tmp_path}', 'eval.final=false'])
+    with pytest.raises(TrainError, match='has no closed-loop evaluation to report'):
+        evaluate.run_one(cfg)
