@@ -73,3 +73,23 @@ def test_existing_output_bag_is_refused(tmp_path):
         timeout=60)
     assert proc.returncode == 1
     assert 'already exists' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_a_recording_that_times_out_keeps_what_it_recorded(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'energyflow_ros.cli.record', '--out', str(tmp_path),
+         '--episodes', '100', '--timeout', '4', '--time-scale', '5'], cwd=REPO,
+        env=ros_env(domain_id(f'{__name__}.timeout')), capture_output=True, text=True,
+        timeout=90)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'no end of recording after 4 s; the ' in proc.stderr, proc.stderr[-2000:]
+    assert 'are kept in' in proc.stderr and 'Traceback' not in proc.stderr
+    kept = tmp_path / 'bag_mcap'
+    assert kept.is_dir() and any(kept.iterdir())
+
+
+def test_a_time_scale_the_simulator_refuses_is_a_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'energyflow_ros.cli.record', '--out', str(tmp_path),
+         '--time-scale', '50'], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and '--time-scale 50: expected 0.1 .. 20' in proc.stderr

@@ -167,6 +167,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         'task': args.task, 'seed': args.seed, 'episodes': args.episodes, 'reset_pause_s': 0.3,
         'time_scale': args.time_scale})
     rclpy.init()
+    driver = None
     try:
         driver = ExpertDriver(args.task, recorder)
         executor = SingleThreadedExecutor()
@@ -174,10 +175,18 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + args.timeout
         while not driver.finished.is_set() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
+            if sim is not None and sim.poll() is not None:
+                raise RuntimeError(f'sim_node exited with code {sim.returncode} before the '
+                                   'recording ended (its messages are above)')
         if not driver.finished.is_set():
-            raise RuntimeError(f'no end of recording after {args.timeout:g} s '
-                               f'({len(driver.frames)} frames so far)')
+            raise RuntimeError(f'no end of recording after {args.timeout:g} s')
         demos = driver.demos()
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        # keep what was recorded, as ros2 bag record does when stopped
+        frames = len(driver.frames) if driver is not None else 0
+        reason = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        raise RuntimeError(f'{reason}; the {len(recorder.messages)} messages recorded so far '
+                           f'({frames} expert frames) are kept in {recorder.close()}') from exc
     finally:
         rclpy.try_shutdown()
         if sim is not None:
@@ -218,6 +227,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
+    if not 0.1 <= args.time_scale <= 20.0:
+        parser.error(f'--time-scale {args.time_scale:g}: expected 0.1 .. 20 (sim_node\'s range)')
     if args.task not in task_names():
         parser.error(f'unknown task {args.task!r}')
     return args
@@ -228,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         summary = record(args)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:
         print(f'energyflow-record: error: {exc}', file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
