@@ -15,7 +15,7 @@ for ``--resume``) and ``final.pt`` (whose ``state_dict`` holds the EMA weights).
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import functools
 import math
 import os
@@ -39,8 +39,8 @@ from energyflow_ros.training.data_source import (
     BatchOrder, DataConfig, load_demos, prepare_data, TRAIN_META_KEYS, TrainingData,
 )
 from energyflow_ros.training.distributed import (
-    all_gather_objects, all_reduce_gradients, broadcast_module, DEVICES, DistContext,
-    gather_rng_state, init_distributed, restore_rng_state, shutdown,
+    all_reduce_gradients, broadcast_module, DEVICES, DistContext, gather_rng_state,
+    init_distributed, restore_rng_state, shutdown,
 )
 from energyflow_ros.training.ema import ExponentialMovingAverage
 from energyflow_ros.training.policy import ChunkPolicy, evaluate_chunk_policy
@@ -441,13 +441,17 @@ class Trainer:
         self._sums, self._count = {}, 0
         return row
 
-    def extra(self, elapsed: float) -> dict[str, Any]:
-        """Everything besides the weights that a checkpoint keeps (collective in DDP)."""
+    def extra(self, elapsed: float, gather: bool = True) -> dict[str, Any]:
+        """Everything besides the weights that a checkpoint keeps (collective in DDP).
+
+        ``gather=False`` keeps only this rank's generator state and is not collective.
+        """
+        rng_ctx = self.ctx if gather else replace(self.ctx, rank=0, world_size=1)
         return {
             'ema_state_dict': self.ema.state_dict(), 'ema_updates': self.ema.updates,
             'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
             'step': self.step, 'batch_order': self.order.state_dict(),
-            'rng': gather_rng_state(self.ctx, self.generator),
+            'rng': gather_rng_state(rng_ctx, self.generator),
             'train_config': config_to_dict(self.cfg), 'metrics': list(self.metrics),
             'running_metrics': {'sums': dict(self._sums), 'count': self._count},
             'elapsed_s': elapsed, 'world_size': self.ctx.world_size,
@@ -462,8 +466,12 @@ class Trainer:
         norms = (self.data.obs_normalizer, self.data.action_normalizer)
         save_checkpoint(self.path('checkpoint.pt'), self.method, *norms, extra)
         if final:
-            extra = {**extra, 'raw_state_dict': self.method.state_dict(), 'weights': 'ema'}
-            save_checkpoint(self.path('final.pt'), self.ema.model, *norms, extra)
+            self._save_final(extra)
+
+    def _save_final(self, extra: dict[str, Any]) -> None:
+        norms = (self.data.obs_normalizer, self.data.action_normalizer)
+        extra = {**extra, 'raw_state_dict': self.method.state_dict(), 'weights': 'ema'}
+        save_checkpoint(self.path('final.pt'), self.ema.model, *norms, extra)
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save` for the same config and data.
@@ -531,9 +539,10 @@ class Trainer:
                     self.save(elapsed, final=self.step == total)
                 bar.update(1)
         self.elapsed_s = time.perf_counter() - start
-        if self.step == total and any(all_gather_objects(
-                self.ctx.is_main and not os.path.exists(self.path('final.pt')), self.ctx)):
-            self.save(self.elapsed_s, final=True)  # killed after the last checkpoint, before it
+        if self.step == total and self.ctx.is_main and not os.path.exists(self.path('final.pt')):
+            # killed after the last checkpoint, before final.pt: rank 0 writes it alone (no
+            # collective; final.pt is not resumed from, so its own generator state suffices)
+            self._save_final(self.extra(self.elapsed_s, gather=False))
 
 
 @dataclass
