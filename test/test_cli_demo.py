@@ -20,3 +20,9 @@ def test_unknown_method_is_a_clear_usage_error(capsys):
         main(['--methods', 'rnce,gail'])
     assert exc.value.code != 0
     assert "unknown method(s) ['gail']" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('')
+    assert main(['--out', str(tmp_path / 'a_file' / 'out')]) == 2
+    assert 'energyflow-demo: error: cannot create --out' in capsys.readouterr().err

@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     density = RotatingMixture(std=0.1)
     backbone = {'kind': 'mlp', 'mlp': {'hidden': 128, 'depth': 3}}
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(f'energyflow-demo: error: cannot create --out {args.out}: {exc}', file=sys.stderr)
+        return 2
     print(f'energyflow-demo: {args.steps} steps per method on a 4-mode conditional density '
           f'({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
           f'torch {torch.__version__})', flush=True)
