@@ -48,7 +48,8 @@ from energyflow_ros.nodes.model_loader import (ConfigError, declare_provider_par
 from energyflow_ros.nodes.observers import ObservationInputs
 from energyflow_ros.nodes.params import (command_qos, declare, declare_observation_params,
                                          latched_qos, observation_params, reliable_qos)
-from energyflow_ros.nodes.runner import init_without_signal_handlers
+from energyflow_ros.nodes.runner import (ignore_signals, init_without_signal_handlers,
+                                         interrupt_or_raise)
 from energyflow_ros.nodes.worker import PlanningWorker
 from energyflow_ros.runtime.chunk_queue import ChunkQueue, Plan
 from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
@@ -483,7 +484,10 @@ def main(args: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError as exc:  # the signal, when it landed inside rclpy's C++ code
+        interrupt_or_raise(exc)
     finally:
+        ignore_signals()
         if rclpy.ok() and node.lifecycle_label() in ('active', 'inactive', 'unconfigured'):
             node.trigger_shutdown()
         executor.shutdown()

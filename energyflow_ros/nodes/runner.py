@@ -18,7 +18,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 
-__all__ = ['init_without_signal_handlers', 'spin_until_interrupted']
+__all__ = ['init_without_signal_handlers', 'interrupt_or_raise', 'ignore_signals',
+           'spin_until_interrupted']
 
 _signalled: list[int] = []   # signals received since init_without_signal_handlers
 
@@ -36,6 +37,18 @@ def init_without_signal_handlers(args: list[str] | None) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+def interrupt_or_raise(exc: RuntimeError) -> None:
+    """Re-raise ``exc`` unless a signal arrived: then it is the interrupt pybind re-raised."""
+    if not _signalled:
+        raise exc
+
+
+def ignore_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on: a second Ctrl-C must not cut the cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def spin_until_interrupted(make_node: Callable[[], Any], args: list[str] | None = None) -> None:
     """Build the node with ``make_node`` and spin it until interrupted, then destroy it."""
     init_without_signal_handlers(args)
@@ -45,12 +58,10 @@ def spin_until_interrupted(make_node: Callable[[], Any], args: list[str] | None 
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RuntimeError:
-        if not _signalled:     # a real error, not an interrupt pybind re-raised
-            raise
+    except RuntimeError as exc:
+        interrupt_or_raise(exc)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
