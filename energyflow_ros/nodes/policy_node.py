@@ -390,10 +390,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         A plan being sampled from before the jump is discarded when it arrives.
         """
         with self._lock:
-            if self._worker is not None:
-                self._worker.clear_locked()
-            else:
-                self.queue.clear()
+            self._worker.clear_locked()
         self.filter.start()
 
     def _note_input_error(self, message: str) -> None:

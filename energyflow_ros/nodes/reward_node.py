@@ -32,7 +32,6 @@ command (``command_interface`` ``forward``: Float64MultiArray in ``joint_names``
 from __future__ import annotations
 
 from collections import deque
-import os
 import threading
 from typing import Any
 
@@ -51,8 +50,7 @@ from energyflow_ros.nodes.observers import ObservationInputs
 from energyflow_ros.nodes.params import (declare, declare_observation_params,
                                          observation_params, reliable_qos)
 from energyflow_ros.nodes.runner import spin_until_interrupted
-from energyflow_ros.runtime.onnx_model import (check_joints, JointMismatchError,
-                                              ModelLoadError, read_metadata)
+from energyflow_ros.runtime.onnx_model import check_joints, JointMismatchError
 from energyflow_ros.runtime.reward import EnergyReward, reward_from_energies
 
 __all__ = ['RewardNode', 'main']
@@ -112,16 +110,7 @@ class RewardNode(AutostartMixin, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        path = self.p['model_path']
-        try:
-            meta = read_metadata(os.path.expanduser(path)) if path else None
-        except (ModelLoadError, ValueError) as exc:
-            raise ConfigError(str(exc)) from exc
-        if meta is not None and not meta.sampler.energy_based:
-            raise ConfigError(f'{path}: a {meta.method!r} model has no energy, so it has no '
-                              'reward; give the reward node an energy-based model (energyflow, '
-                              'rnce, irnce or ibc)')
-        model = load_onnx(path, self.p, graphs=['sampler', 'energy'])
+        model = load_onnx(self.p['model_path'], self.p, graphs=['sampler', 'energy'])
         meta = model.metadata
         self.joint_names = tuple(self.p['joint_names']) or meta.joint_names
         try:

@@ -219,6 +219,10 @@ def _read_family(path: str, graphs: Iterable[str]) -> dict[str, ModelMetadata]:
     for graph in graphs:
         if graph == 'sampler':
             continue
+        if graph in ('energy', 'gradient') and not sampler.sampler.energy_based:
+            raise ModelNotFoundError(f'{path}: a {sampler.method!r} model has no energy, so it '
+                                     f'has no reward and no {graph!r} graph; use an '
+                                     'energy-based model (energyflow, rnce, irnce or ibc)')
         file = graph_path(path, graph)
         meta = read_metadata(file)
         if meta.graph != graph or _family_key(meta) != _family_key(sampler):
