@@ -38,6 +38,7 @@ from energyflow_ros.data.bag_writer import BagRecorder, STORAGES
 from energyflow_ros.data.dataset import DemoSet
 from energyflow_ros.data.rosbag import pose_field_values, read_rosbag
 from energyflow_ros.nodes.params import command_qos, reliable_qos
+from energyflow_ros.nodes.sim_node import TIME_SCALE_RANGE
 from energyflow_ros.sim.registry import make_expert, make_task, task_names
 
 __all__ = ['POSE_FIELDS', 'ExpertDriver', 'bag_spec_for', 'record', 'main']
@@ -227,8 +228,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
-    if not 0.1 <= args.time_scale <= 20.0:
-        parser.error(f'--time-scale {args.time_scale:g}: expected 0.1 .. 20 (sim_node\'s range)')
+    low, high = TIME_SCALE_RANGE
+    if not low <= args.time_scale <= high:
+        parser.error(f'--time-scale {args.time_scale:g}: expected {low:g} .. {high:g} '
+                     "(sim_node's range)")
     if args.task not in task_names():
         parser.error(f'unknown task {args.task!r}')
     return args

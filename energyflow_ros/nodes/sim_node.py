@@ -41,7 +41,9 @@ from energyflow_ros.nodes.runner import spin_until_interrupted
 from energyflow_ros.sim.base import Task
 from energyflow_ros.sim.registry import make_task, task_names
 
-__all__ = ['POSE_OBS', 'SimNode', 'main']
+__all__ = ['POSE_OBS', 'TIME_SCALE_RANGE', 'SimNode', 'main']
+
+TIME_SCALE_RANGE = (0.1, 20.0)  # simulated seconds per wall-clock second
 
 POSE_OBS = {
     'obstacles2d': ('goal_x', 'goal_y', ''),
@@ -123,7 +125,7 @@ class SimNode(Node):
             'frame_id': declare(self, 'frame_id', 'world', 'frame of the object pose'),
             'time_scale': declare(self, 'time_scale', 1.0, 'simulated seconds per wall-clock '
                                   'second (> 1 records demonstrations faster than real time)',
-                                  (0.1, 20.0), read_only=True),
+                                  TIME_SCALE_RANGE, read_only=True),
             'reset_pause_s': declare(self, 'reset_pause_s', 0.5, 'state is published but not '
                                      'stepped this long after a reset', (0.0, 60.0)),
         }
