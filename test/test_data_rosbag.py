@@ -240,12 +240,13 @@ def test_planar_pose_fields_give_x_y_and_yaw(tmp_path: Path) -> None:
         msgs.append(('/block', POSE, ns, TS.types[POSE](header=header(ns), pose=p)))
         msgs.append(('/cmd', F64, ns + 1_000_000, multi_array([float(i), 0.0, 0.0])))
     spec = {'observations': [{'topic': '/block', 'type': 'geometry_msgs/PoseStamped',
-                              'fields': ['x', 'y', 'yaw']}],
+                              'fields': ['x', 'y', 'yaw', 'yaw_cos', 'yaw_sin']}],
             'action': {'topic': '/cmd', 'type': F64, 'joints': JOINTS}}
     demos, _ = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
-    np.testing.assert_allclose(demos.obs, np.c_[np.arange(8.0), -2.0 * np.arange(8), yaws],
-                               atol=1e-12)
-    assert demos.obs_names == ['/block/x', '/block/y', '/block/yaw']
+    np.testing.assert_allclose(demos.obs, np.c_[np.arange(8.0), -2.0 * np.arange(8), yaws,
+                                                np.cos(yaws), np.sin(yaws)], atol=1e-12)
+    assert demos.obs_names == ['/block/x', '/block/y', '/block/yaw', '/block/yaw_cos',
+                               '/block/yaw_sin']
 
 
 def cloud(ns: int, points: np.ndarray) -> Any:

@@ -249,9 +249,11 @@ def test_pose_fields_by_name_and_yaw_ranges():
     from energyflow_ros.nodes.messages import make_pose_stamped, pose_values, sec_to_stamp
 
     msg = make_pose_stamped(1.5, -2.0, 5.5, sec_to_stamp(12.25))
-    x, y, yaw, yaw_2pi = pose_values(msg, ['x', 'y', 'yaw', 'yaw_2pi'])
+    x, y, yaw, yaw_2pi, c, s = pose_values(msg, ['x', 'y', 'yaw', 'yaw_2pi', 'yaw_cos',
+                                                 'yaw_sin'])
     assert (x, y) == (1.5, -2.0)
     assert yaw == pytest.approx(5.5 - 2 * np.pi) and yaw_2pi == pytest.approx(5.5)
+    assert (c, s) == pytest.approx((np.cos(5.5), np.sin(5.5)))
     assert msg.header.stamp.sec == 12 and msg.header.stamp.nanosec == 250_000_000
 
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip('gym_pusht')
 
 from energyflow_ros.sim.pusht import (  # noqa: E402
-    GOAL_POSE, PushTExpert, PushTExpertConfig, PushTTask, T_COM, T_OUTLINE,
+    GOAL_POSE, PushTExpert, PushTExpertConfig, PushTTask, T_COM, T_OUTLINE, block_pose,
     point_polygon_distance)
 from energyflow_ros.sim.rollout import ExpertPolicy, rollout, summarize_metrics  # noqa: E402
 
@@ -23,7 +23,8 @@ def task():
 def test_task_info_names_and_limits(task):
     info = task.info
     assert info.name == 'pusht' and info.metric_name == 'max_coverage'
-    assert info.obs_names == ('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle')
+    assert info.obs_names == ('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle_cos',
+                              'block_angle_sin')
     assert info.action_names == ('agent_x', 'agent_y')
     assert info.action_low == (0.0, 0.0) and info.action_high == (512.0, 512.0)
     assert info.control_hz == 10.0 and info.max_steps == 300
@@ -39,6 +40,32 @@ def test_geometry_constants_match_gym_pusht(task):
     assert block.mass == 1.0 and block.moment == pytest.approx(3000.0)
     np.testing.assert_allclose(env.goal_pose, GOAL_POSE)
     np.testing.assert_allclose(task.goal_pose, GOAL_POSE)
+
+
+def test_observation_is_gym_pusht_state_with_the_angle_as_cosine_and_sine(task):
+    for seed in range(20):
+        obs = task.reset(seed)
+        state = task._env.unwrapped.get_obs()  # gym-pusht's (agent xy, block xy, angle)
+        assert obs.shape == (6,)
+        np.testing.assert_allclose(obs[:4], state[:4])
+        np.testing.assert_allclose(obs[4:], [np.cos(state[4]), np.sin(state[4])])
+        pose = block_pose(obs)
+        assert -np.pi < pose[2] <= np.pi
+        assert np.cos(pose[2] - state[4]) == pytest.approx(1.0)
+
+
+def test_observation_has_no_jump_where_the_angle_wraps(task):
+    # gym-pusht's state jumps by 2 pi when the block turns through angle 0 (pi / 4 from the
+    # goal); the task's observation must change by as little as the pose does
+    task.reset(0)
+    env = task._env.unwrapped
+    observations = []
+    for angle in (-0.01, 0.01):  # the body angle either side of the cut
+        env.block.angle = angle
+        observations.append(task.step(env.agent.position).obs)
+    gym_angles = [a % (2 * np.pi) for a in (-0.01, 0.01)]
+    assert abs(gym_angles[0] - gym_angles[1]) > 6.0
+    assert np.abs(observations[0][4:] - observations[1][4:]).max() < 0.05
 
 
 def test_reset_is_deterministic_by_seed(task):

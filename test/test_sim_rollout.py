@@ -162,7 +162,8 @@ def test_collect_demos_pusht():
     pytest.importorskip('gym_pusht')
     demos = collect_demos('pusht', 2, seed=0)
     assert demos.n_episodes == 2
-    assert demos.obs_names == ['agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle']
+    assert demos.obs_names == ['agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle_cos',
+                               'block_angle_sin']
     assert demos.action_names == ['agent_x', 'agent_y']
     assert np.all((demos.actions >= 0) & (demos.actions <= 512))
     assert demos.meta['task'] == 'pusht' and demos.meta['max_steps'] == 300

@@ -171,6 +171,22 @@ def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
                               bag_spec='spec.yaml'), 'x')
 
 
+def test_cached_expert_data_of_an_older_observation_layout_is_collected_again(tmp_path):
+    # the cache key is task, arguments, count and seed: a task whose observation changed
+    # (Push-T's angle became cosine and sine) must not train on the old file's layout
+    cfg = DataConfig(source='expert', n_episodes=3, seed=5, cache_dir=str(tmp_path))
+    fresh = load_demos(cfg, 'obstacles2d')
+    cache = expert_cache_path(cfg, 'obstacles2d', {})
+    old = DemoSet.load_npz(cache)
+    renamed = DemoSet(obs=old.obs[:, :-1], actions=old.actions, episode_ends=old.episode_ends,
+                      obs_names=old.obs_names[:-1], action_names=old.action_names,
+                      meta=old.meta)
+    renamed.save_npz(cache)
+    again = load_demos(cfg, 'obstacles2d')
+    assert again.obs_names == fresh.obs_names and again.fingerprint() == fresh.fingerprint()
+    assert DemoSet.load_npz(cache).obs_names == fresh.obs_names  # the cache is replaced
+
+
 def test_checkpoints_hold_everything_to_resume_and_export(tmp_path, demo_npz):
     cfg = tiny(tmp_path / 'run', demo_npz, 'eval.final=true', 'eval.episodes=2',
                'eval.max_steps=10', method='rnce', steps=12)

@@ -44,7 +44,7 @@ from energyflow_ros.sim.registry import make_expert, make_task, task_names
 __all__ = ['POSE_FIELDS', 'ExpertDriver', 'bag_spec_for', 'record', 'main']
 
 # Per task, the PoseStamped fields that carry the non-joint part of the observation.
-POSE_FIELDS = {'obstacles2d': ('x', 'y'), 'pusht': ('x', 'y', 'yaw_2pi')}
+POSE_FIELDS = {'obstacles2d': ('x', 'y'), 'pusht': ('x', 'y', 'yaw_cos', 'yaw_sin')}
 TOPICS = {'joints': '/joint_states', 'pose': '/task/object_pose', 'status': '/task/status',
           'command': '/forward_position_controller/commands', 'episode': '/demo/episode'}
 TYPES = {'joints': 'sensor_msgs/msg/JointState', 'pose': 'geometry_msgs/msg/PoseStamped',

@@ -62,9 +62,11 @@ ACTION_TYPES = (MULTI_ARRAY, JOINT_TRAJECTORY, JOINT_STATE)
 MARKER_TYPES = (BOOL, INT32)
 HEADERLESS = (MULTI_ARRAY, BOOL, INT32)
 # PoseStamped fields and the dimensions each contributes; 'yaw' is the heading about z
-# (planar poses such as a pushed block), the single axes pick one coordinate.
+# (planar poses such as a pushed block; yaw_cos / yaw_sin give it without a jump), the single
+# axes pick one coordinate.
 POSE_AXES = {'position': ('x', 'y', 'z'), 'orientation': ('x', 'y', 'z', 'w'),
-             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',), 'yaw_2pi': ('',)}
+             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',), 'yaw_2pi': ('',),
+             'yaw_cos': ('',), 'yaw_sin': ('',)}
 FIELD_CHOICES = {JOINT_STATE: ('position', 'velocity', 'effort'),
                  POSE_STAMPED: tuple(POSE_AXES)}
 DEFAULT_FIELDS = {JOINT_STATE: ('position',), POSE_STAMPED: ('position', 'orientation'),
@@ -140,7 +142,8 @@ class StreamSpec:
         fields: JointState: any of position, velocity, effort (default position);
             PoseStamped: any of position (x y z), orientation (qx qy qz qw), or the single
             values x, y, z, yaw (heading about z in [-pi, pi)), yaw_2pi (the same in
-            [0, 2 pi)) (default position and orientation).
+            [0, 2 pi)), yaw_cos and yaw_sin (its cosine and sine: no jump where the heading
+            wraps round) (default position and orientation).
             PointCloud2: point field names (default x y z).
         size: Float64MultiArray only: the length every message must have.
         n_points: PointCloud2 only: 0 (default) for the centroid of the finite points, k for

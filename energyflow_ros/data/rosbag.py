@@ -170,7 +170,8 @@ def pose_field_values(pose: Any, fields: tuple[str, ...] | list[str]) -> np.ndar
     yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
     parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w],
              'x': [p.x], 'y': [p.y], 'z': [p.z], 'yaw': [yaw],
-             'yaw_2pi': [yaw % (2.0 * math.pi)]}
+             'yaw_2pi': [yaw % (2.0 * math.pi)], 'yaw_cos': [math.cos(yaw)],
+             'yaw_sin': [math.sin(yaw)]}
     return np.array([v for f in fields for v in parts[f]], dtype=np.float64)
 
 

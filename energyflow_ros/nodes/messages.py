@@ -1,8 +1,9 @@
 """Message <-> array conversions shared by the nodes (rclpy message classes, numpy, no torch).
 
 Joint states are always matched **by name**: the order of names on ``/joint_states`` is not
-guaranteed. Pose fields are named (``x``, ``y``, ``z``, ``yaw``, ``yaw_2pi``, ``roll``,
-``pitch``, ``qx`` .. ``qw``) so a planar object pose reads as the simulator's numbers.
+guaranteed. Pose fields are named (``x``, ``y``, ``z``, ``yaw``, ``yaw_2pi``, ``yaw_cos``,
+``yaw_sin``, ``roll``, ``pitch``, ``qx`` .. ``qw``) so a planar object pose reads as the
+simulator's numbers.
 PointCloud2 goes through ``sensor_msgs_py.point_cloud2``, imported only when a cloud stream
 is configured.
 """
@@ -26,8 +27,10 @@ __all__ = [
     'make_chunk_array', 'make_joint_trajectory', 'trajectory_by_name',
 ]
 
-POSE_FIELDS = ('x', 'y', 'z', 'yaw', 'yaw_2pi', 'roll', 'pitch', 'qx', 'qy', 'qz', 'qw')
-"""Names :func:`pose_values` understands; ``yaw`` is in [-pi, pi), ``yaw_2pi`` in [0, 2 pi)."""
+POSE_FIELDS = ('x', 'y', 'z', 'yaw', 'yaw_2pi', 'yaw_cos', 'yaw_sin', 'roll', 'pitch', 'qx',
+               'qy', 'qz', 'qw')
+"""Names :func:`pose_values` understands; ``yaw`` is in [-pi, pi), ``yaw_2pi`` in [0, 2 pi);
+``yaw_cos`` and ``yaw_sin`` give the heading without a jump anywhere."""
 
 
 def stamp_to_sec(stamp: Time) -> float:
@@ -78,7 +81,7 @@ def pose_values(msg: PoseStamped, fields: Sequence[str]) -> np.ndarray:
     p, q = msg.pose.position, msg.pose.orientation
     roll, pitch, yaw = _euler(q)
     table = {'x': p.x, 'y': p.y, 'z': p.z, 'yaw': yaw, 'yaw_2pi': yaw % (2.0 * math.pi),
-             'roll': roll, 'pitch': pitch, 'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
+             'yaw_cos': math.cos(yaw), 'yaw_sin': math.sin(yaw), 'roll': roll, 'pitch': pitch, 'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
     return np.array([table[f] for f in fields], dtype=np.float64)
 
 

@@ -6,7 +6,7 @@ rate) the node steps the task with the latest valid command, then publishes:
 
 * ``/joint_states`` (sensor_msgs/JointState, by name; also at ``publish_rate_hz`` if faster);
 * ``/task/object_pose`` (geometry_msgs/PoseStamped): the rest of the observation (obstacles2d:
-  the goal x, y; pusht: the block x, y and yaw = block angle);
+  the goal x, y; pusht: the block x, y and its yaw, from the angle's cosine and sine);
 * ``/task/status`` (std_msgs/String, JSON): episode, seed, step, done, success, metrics;
 * ``/task/episodes`` (std_msgs/String, JSON, transient local): one summary per finished
   episode, so late subscribers still see every result.
@@ -23,6 +23,7 @@ installed) starts a new episode at once.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -47,9 +48,10 @@ TIME_SCALE_RANGE = (0.1, 20.0)  # simulated seconds per wall-clock second
 
 POSE_OBS = {
     'obstacles2d': ('goal_x', 'goal_y', ''),
-    'pusht': ('block_x', 'block_y', 'block_angle'),
+    'pusht': ('block_x', 'block_y', 'block_angle_cos', 'block_angle_sin'),
 }
-"""Per task, the observation names published as the pose's x, y and yaw ('' = 0)."""
+"""Per task, the observation names published as the pose's x, y and yaw: a third name is the
+yaw itself, a third and fourth its cosine and sine ('' = 0)."""
 
 
 class SimNode(Node):
@@ -109,7 +111,8 @@ class SimNode(Node):
             'joint_upper': declare(self, 'joint_upper', [], 'joint upper limits',
                                    element_type=float),
             'pose_obs_names': declare(self, 'pose_obs_names', [], 'observation names sent '
-                                      'as pose x, y, yaw (default per task)'),
+                                      'as pose x, y[, yaw | yaw_cos, yaw_sin] (default per '
+                                      'task)'),
             'joint_states_topic': declare(self, 'joint_states_topic', '/joint_states',
                                           'JointState output'),
             'pose_topic': declare(self, 'pose_topic', '/task/object_pose', 'PoseStamped output'),
@@ -132,9 +135,10 @@ class SimNode(Node):
 
     def _pose_indices(self, names: Any) -> tuple[int, ...]:
         names = tuple(names)
-        if len(names) not in (2, 3):
+        if len(names) not in (2, 3, 4):
             raise ValueError(f'task {self.task.info.name!r} has no pose mapping: set '
-                             'pose_obs_names to [x_name, y_name] or [x, y, yaw]')
+                             'pose_obs_names to [x_name, y_name], [x, y, yaw] or '
+                             '[x, y, yaw_cos, yaw_sin]')
         obs = self.task.info.obs_names
         unknown = [n for n in names if n and n not in obs]
         if unknown:
@@ -282,7 +286,10 @@ class SimNode(Node):
         self.joint_pub.publish(make_joint_state(self.joint_names, self.joint_positions(),
                                                 stamp))
         values = [self._obs[i] if i >= 0 else 0.0 for i in self._pose_idx]
-        yaw = values[2] if len(values) == 3 else 0.0
+        if len(values) == 4:
+            yaw = math.atan2(values[3], values[2])
+        else:
+            yaw = values[2] if len(values) == 3 else 0.0
         self.pose_pub.publish(make_pose_stamped(values[0], values[1], yaw, stamp,
                                                 self.params['frame_id']))
 

@@ -1,9 +1,12 @@
 """pusht: push a T-shaped block onto its goal pose with a disc (gym-pusht, state observations).
 
 Units are gym-pusht's: pixels in a 512 x 512 arena, radians, 10 Hz control, 300 ticks.
-Observation: ``(agent_x, agent_y, block_x, block_y, block_angle)``, where block x/y is the T's
-body origin (the middle of the bar's outer edge, away from the stem; not its centre of mass,
-which sits 45 px along the stem) and the angle is wrapped to [0, 2 pi). Action: the disc's
+Observation: :data:`OBS_NAMES`, ``(agent_x, agent_y, block_x, block_y, block_angle_cos,
+block_angle_sin)``, where block x/y is the T's body origin (the middle of the bar's outer edge, away from the stem; not
+its centre of mass, which sits 45 px along the stem) and the angle enters as its cosine and
+sine. gym-pusht's own state wraps the angle to [0, 2 pi), a jump of 2 pi that about a third of
+the expert's episodes cross (the goal angle, pi / 4, lies near the cut); a policy reading it
+sees two far-apart inputs for one pose. Action: the disc's
 target position ``(agent_x, agent_y)`` in pixels, clipped to [0, 512] (the joint limits);
 gym-pusht's PD controller chases it.
 
@@ -25,7 +28,8 @@ import numpy as np
 from energyflow_ros.sim.base import Expert, StepResult, Task, TaskInfo
 from energyflow_ros.sim.obstacles2d import check_action
 
-__all__ = ['PushTTask', 'PushTExpert', 'PushTExpertConfig', 'T_OUTLINE', 'T_COM', 'GOAL_POSE']
+__all__ = ['PushTTask', 'PushTExpert', 'PushTExpertConfig', 'T_OUTLINE', 'T_COM', 'GOAL_POSE',
+           'OBS_NAMES', 'block_pose']
 
 T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120),
                       (-15, 30), (-60, 30)], dtype=np.float64)
@@ -38,6 +42,20 @@ AGENT_RADIUS = 15.0
 GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])
 """Goal (x, y, angle) of the T's body origin, as gym-pusht sets it."""
 ARENA = (22.0, 490.0)
+OBS_NAMES = ('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle_cos', 'block_angle_sin')
+"""The task's observation names (the angle as cosine and sine: no wrap-around)."""
+
+
+def task_observation(state: np.ndarray) -> np.ndarray:
+    """(6,) the task's observation from gym-pusht's state ``(agent xy, block xy, angle)``."""
+    state = np.asarray(state, dtype=np.float64)
+    return np.array([*state[:4], np.cos(state[4]), np.sin(state[4])])
+
+
+def block_pose(obs: np.ndarray) -> np.ndarray:
+    """(3,) the block's ``(x, y, angle)`` from an observation; the angle in (-pi, pi]."""
+    obs = np.asarray(obs, dtype=np.float64)
+    return np.array([obs[2], obs[3], np.arctan2(obs[5], obs[4])])
 """Range of disc centres that keeps the disc clear of the walls (at 5 and 506, 2 px thick)."""
 
 
@@ -144,7 +162,7 @@ class PushTTask(Task):
                                    disable_env_checker=True, max_episode_steps=max_steps)
         self.info = TaskInfo(
             name='pusht',
-            obs_names=('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle'),
+            obs_names=OBS_NAMES,
             action_names=('agent_x', 'agent_y'), action_low=(0.0, 0.0),
             action_high=(512.0, 512.0), control_hz=10.0, max_steps=max_steps,
             metric_name='max_coverage')
@@ -163,7 +181,7 @@ class PushTTask(Task):
         self._steps = 0
         self._coverage = self._max_coverage = 0.0
         self._success = False
-        return np.asarray(obs, dtype=np.float64)
+        return task_observation(obs)
 
     def step(self, action: np.ndarray) -> StepResult:
         """One 0.1 s tick towards the clipped target.
@@ -181,7 +199,7 @@ class PushTTask(Task):
         done = bool(terminated) or self._success or self._steps >= self.info.max_steps
         extras = {'coverage': self._coverage, 'clipped': bool(np.any(target != raw)),
                   'n_contacts': int(info['n_contacts'])}
-        return StepResult(obs=np.asarray(obs, dtype=np.float64), done=done,
+        return StepResult(obs=task_observation(obs), done=done,
                           success=self._success, info=extras)
 
     def episode_metrics(self) -> dict[str, float]:
@@ -332,7 +350,7 @@ class PushTExpert(Expert):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Target position for the disc (pixels)."""
         agent = np.asarray(obs[:2], dtype=np.float64)
-        block = np.asarray(obs[2:5], dtype=np.float64)
+        block = block_pose(obs)
         error = self._pose_error(block)
         cfg = self.config
         if (np.linalg.norm(error[:2]) < cfg.hold_distance

@@ -112,14 +112,28 @@ def expert_cache_path(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -
     return os.path.join(cfg.cache_dir, name)
 
 
+def _layout_matches(demos: DemoSet, task: str, task_kwargs: dict[str, Any]) -> bool:
+    """Whether a cached collection has the task's current observation and action names."""
+    from energyflow_ros.sim.registry import make_task
+
+    made = make_task(task, **task_kwargs)
+    try:
+        info = made.info
+        return (tuple(demos.obs_names) == tuple(info.obs_names)
+                and tuple(demos.action_names) == tuple(info.action_names))
+    finally:
+        made.close()
+
+
 def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -> DemoSet:
     from energyflow_ros.sim.demos import collect_demos
 
     cache = expert_cache_path(cfg, task, task_kwargs)
     if cache and os.path.exists(cache):
         demos = DemoSet.load_npz(cache)
-        demos.meta.update(task=task, source='scripted_expert (cached)')
-        return demos
+        if _layout_matches(demos, task, task_kwargs):  # else: an older layout; collect again
+            demos.meta.update(task=task, source='scripted_expert (cached)')
+            return demos
     demos = collect_demos(task, cfg.n_episodes, seed=cfg.seed, task_kwargs=task_kwargs,
                           episode_ticks=cfg.episode_ticks)
     if cache:
