@@ -81,7 +81,8 @@ def pose_values(msg: PoseStamped, fields: Sequence[str]) -> np.ndarray:
     p, q = msg.pose.position, msg.pose.orientation
     roll, pitch, yaw = _euler(q)
     table = {'x': p.x, 'y': p.y, 'z': p.z, 'yaw': yaw, 'yaw_2pi': yaw % (2.0 * math.pi),
-             'yaw_cos': math.cos(yaw), 'yaw_sin': math.sin(yaw), 'roll': roll, 'pitch': pitch, 'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
+             'yaw_cos': math.cos(yaw), 'yaw_sin': math.sin(yaw), 'roll': roll, 'pitch': pitch,
+             'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
     return np.array([table[f] for f in fields], dtype=np.float64)
 
 

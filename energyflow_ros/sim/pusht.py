@@ -2,11 +2,11 @@
 
 Units are gym-pusht's: pixels in a 512 x 512 arena, radians, 10 Hz control, 300 ticks.
 Observation: :data:`OBS_NAMES`, ``(agent_x, agent_y, block_x, block_y, block_angle_cos,
-block_angle_sin)``, where block x/y is the T's body origin (the middle of the bar's outer edge, away from the stem; not
-its centre of mass, which sits 45 px along the stem) and the angle enters as its cosine and
-sine. gym-pusht's own state wraps the angle to [0, 2 pi), a jump of 2 pi that about a third of
-the expert's episodes cross (the goal angle, pi / 4, lies near the cut); a policy reading it
-sees two far-apart inputs for one pose. Action: the disc's
+block_angle_sin)``, where block x/y is the T's body origin (the middle of the bar's outer
+edge, away from the stem; not its centre of mass, which sits 45 px along the stem) and the
+angle enters as its cosine and sine. gym-pusht's own state wraps the angle to [0, 2 pi), a
+jump of 2 pi that about a third of the expert's episodes cross (the goal angle, pi / 4, lies
+near the cut); a policy reading it sees two far-apart inputs for one pose. Action: the disc's
 target position ``(agent_x, agent_y)`` in pixels, clipped to [0, 512] (the joint limits);
 gym-pusht's PD controller chases it.
 
