@@ -111,8 +111,8 @@ class SimNode(Node):
             'joint_upper': declare(self, 'joint_upper', [], 'joint upper limits',
                                    element_type=float),
             'pose_obs_names': declare(self, 'pose_obs_names', [], 'observation names sent '
-                                      'as pose x, y[, yaw | yaw_cos, yaw_sin] (default per '
-                                      'task)'),
+                                      'as pose x, y[, yaw] or x, y, cos yaw, sin yaw (default '
+                                      'per task)'),
             'joint_states_topic': declare(self, 'joint_states_topic', '/joint_states',
                                           'JointState output'),
             'pose_topic': declare(self, 'pose_topic', '/task/object_pose', 'PoseStamped output'),
