@@ -216,3 +216,18 @@ def test_bad_arguments_give_one_error_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith('energyflow-reward-eval: error:') and 'none.onnx' in err
+
+
+def test_a_model_of_another_observation_layout_is_refused_by_name():
+    # a model trained before a task's observation changed (Push-T's angle became cosine and
+    # sine) must be refused with both layouts named, not fail later on an array shape
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    meta = load_model(MODEL, warm_up=False).metadata
+    renamed = replace(meta, obs_names=meta.obs_names[:-1] + ('goal_yaw',))
+    model = SimpleNamespace(path='old.onnx', metadata=renamed)
+    with pytest.raises(ValueError, match=r"old.onnx observes \[.*'goal_yaw'\] but task "
+                                         r"obstacles2d observes \[.*'goal_y'\]: retrain"):
+        reward_eval.env_config('obstacles2d', model, 2)
+    assert reward_eval.env_config('obstacles2d', load_model(MODEL, warm_up=False), 2).n_obs == 2

@@ -133,6 +133,9 @@ def env_config(task: str, model: OnnxModel, n_demos: int) -> ChunkEnvConfig:
     if meta.task and meta.task != task:
         raise ValueError(f'{model.path} is a {meta.task} model, given for task {task}')
     demos = collect_demos(task, n_demos, seed=0)
+    if tuple(meta.obs_names) != tuple(demos.obs_names):
+        raise ValueError(f'{model.path} observes {list(meta.obs_names)} but task {task} observes '
+                         f'{demos.obs_names}: retrain the model on the task as it is now')
     scale = chunk_scale(demos, meta.n_obs, meta.horizon)
     return ChunkEnvConfig(task, {}, meta.n_obs, meta.horizon, meta.executed_steps,
                           TASK_TICKS[task], tuple(float(s) for s in scale), TASK_KNOTS[task])
