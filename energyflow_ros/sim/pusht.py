@@ -42,6 +42,7 @@ AGENT_RADIUS = 15.0
 GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])
 """Goal (x, y, angle) of the T's body origin, as gym-pusht sets it."""
 ARENA = (22.0, 490.0)
+"""Range of disc centres that keeps the disc clear of the walls (at 5 and 506, 2 px thick)."""
 OBS_NAMES = ('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle_cos', 'block_angle_sin')
 """The task's observation names (the angle as cosine and sine: no wrap-around)."""
 
@@ -56,7 +57,6 @@ def block_pose(obs: np.ndarray) -> np.ndarray:
     """(3,) the block's ``(x, y, angle)`` from an observation; the angle in (-pi, pi]."""
     obs = np.asarray(obs, dtype=np.float64)
     return np.array([obs[2], obs[3], np.arctan2(obs[5], obs[4])])
-"""Range of disc centres that keeps the disc clear of the walls (at 5 and 506, 2 px thick)."""
 
 
 def rotation(angle: float) -> np.ndarray:
