@@ -37,7 +37,9 @@ def test_smoke_run_writes_one_record_per_method(smoke):
         assert abs(record['params'] - SMOKE_PARAMS) <= 0.05 * SMOKE_PARAMS, record
     settings = data['settings']['obstacles2d']
     assert settings['mode'] == 'smoke' and settings['episodes'] == 2
+    assert settings['observation'] == ['robot_x', 'robot_y', 'goal_x', 'goal_y']
     table = (root / 'results' / 'quality.md').read_text()
+    assert 'Observed per frame: robot_x, robot_y, goal_x, goal_y.' in table
     assert '## obstacles2d' in table and 'Targets: EnergyFlow and R-NCE success' in table
     assert ('| method | seeds | success | path_cost | collision | first_side_above | '
             'first_side_below | n_modes |') in table

@@ -242,7 +242,9 @@ def _markdown(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]]
             f'{s.get("mode", "?")} run on {s.get("machine", "?")}, torch {s.get("torch", "?")}, '
             f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, '
             f'{s.get("episodes", "?")} evaluation episodes per seed, reference '
-            f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'), '']
+            f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'
+            + (f' Observed per frame: {", ".join(s["observation"])}.' if 'observation' in s
+               else '')), '']
         if task in TASK_TARGETS:
             lines += [f'Targets: {TASK_TARGETS[task]}', '']
         lines += ['| method | seeds | ' + ' | '.join(columns) + ' | params | train s | infer ms |',
@@ -289,21 +291,21 @@ def _method_order(method: str) -> int:
 def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) -> None:
     """Train and evaluate every method on ``task``; the results files grow after each."""
     configs = _task_configs(task, args)
-    metric_name = make_task(task).info.metric_name
+    info = make_task(task).info
     records = []
     for method, cfg in configs.items():
         runs = []
         for seed in range(args.seeds):
             out_dir = os.path.join(args.runs_dir, common['mode'], task, method, f'seed{seed}')
             runs.append(run_one(dataclasses.replace(cfg, seed=seed, out_dir=out_dir)))
-        record = aggregate(task, method, list(range(args.seeds)), runs, metric_name)
+        record = aggregate(task, method, list(range(args.seeds)), runs, info.metric_name)
         print(f"  {task:<12} {method:<11} success {record['success_mean']:.3f} ± "
-              f"{record['success_std']:.3f}  {metric_name} {record['metric_mean']:.3f}  "
+              f"{record['success_std']:.3f}  {info.metric_name} {record['metric_mean']:.3f}  "
               f"params {record['params']:,}  train {record['train_s']:.1f} s  "
               f"infer {record['infer_ms']:.2f} ms", flush=True)
         records.append(record)
         settings = {**common, 'episodes': cfg.eval.episodes, 'device': cfg.device,
-                    'steps': cfg.optim.steps}
+                    'steps': cfg.optim.steps, 'observation': list(info.obs_names)}
         write_results(records, {task: settings}, args.out)
 
 
