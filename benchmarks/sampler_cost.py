@@ -136,6 +136,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--warm-start-times', default='',
                         help='warm-start K values also run with each of these EnergyFlow '
                         'warm-start times (comma-separated; the model\'s own always runs)')
+    parser.add_argument('--warm-particles', default='',
+                        help='particle counts N the --warm-start-times settings also run with '
+                        '(comma-separated; default: only --particles)')
     parser.add_argument('--lean-warm', default='4:3,4:2,4:1,8:1,4:2:5,2:2:5,2:3:5,1:3:5',
                         help='extra warm-start settings with fewer particles, as N:K or N:K:C '
                         '(C: the cold K of each episode\'s first chunk, default 20; the '
@@ -153,6 +156,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         _lean_warm(args.lean_warm)
         _rnce_settings(args.rnce_settings)
         _floats(args.warm_start_times)
+        _counts(args.warm_particles, '--warm-particles', ('N',))
     except ValueError as err:
         parser.error(str(err))
     needed = ['energy'] + ['diffusion'] * bool(_ints(args.ddim_steps)) + \
@@ -217,8 +221,10 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
     settings += [Setting(f'energyflow warm K={k} N={n}' + (f' cold K={c}' if c != 20 else ''),
                          'energyflow', args.energy, n, c, k, args.warm_extrapolation)
                  for n, k, c in _lean_warm(args.lean_warm)]
-    settings += [Setting(f'energyflow warm K={k} t={t:g}', 'energyflow', args.energy,
-                         args.particles, 20, k, args.warm_extrapolation, t)
+    settings += [Setting(f'energyflow warm K={k} t={t:g}' + (f' N={n}' if n != args.particles
+                                                             else ''),
+                         'energyflow', args.energy, n, 20, k, args.warm_extrapolation, t)
+                 for n in _ints(args.warm_particles) or [args.particles]
                  for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
     settings += [Setting(f'rnce N={n} K={k}', 'rnce', args.rnce, n, k, None)
                  for n, k in _rnce_settings(args.rnce_settings)]

@@ -47,7 +47,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
                        '--rnce-settings', '3:2,2:0', '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
                        '--particles', '4', '--lean-warm', '2:1,1:1:2',
-                       '--warm-start-times', '0.8', '--threads', '1',
+                       '--warm-start-times', '0.8', '--warm-particles', '4,2',
+                       '--threads', '1',
                        '--out', str(tmp_path)]) == 0
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
@@ -57,7 +58,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
                          'energyflow warm K=1 N=1 cold K=2',
-                         'energyflow warm K=1 t=0.8', 'rnce N=3 K=2', 'rnce N=2 K=0',
+                         'energyflow warm K=1 t=0.8', 'energyflow warm K=1 t=0.8 N=2',
+                         'rnce N=3 K=2', 'rnce N=2 K=0',
                          'diffusion DDIM-2'}
     for r in recs.values():
         assert r['episodes'] == 1 and r['plans'] >= 1 and 0 < r['p50_ms'] <= r['p99_ms']
@@ -171,6 +173,9 @@ def test_lean_warm_settings_are_validated(bench, capsys):
     with pytest.raises(SystemExit):
         bench._parse(['--warm-start-times', '0.5,x', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "'0.5,x' is not a list of numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench._parse(['--warm-particles', '8,0', '--energy', SCRIPT, '--ddim-steps', ''])
+    assert "--warm-particles: '0' is not N with positive integers" in capsys.readouterr().err
 
 
 def test_a_thread_count_below_one_is_a_usage_error(bench, capsys):
