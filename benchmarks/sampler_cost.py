@@ -387,8 +387,9 @@ def markdown(info: dict[str, Any], recs: list[dict[str, Any]], lines: list[str])
     out = [f"# Per-chunk cost at equal quality on {info['task']} ({info['device']})", '',
            f"{info['machine']}; torch {info['torch']}, onnxruntime {info['onnxruntime']} "
            f"({info['threads']} intra-op threads); load average {info['load_start']} at start / "
-           f"{info['load_end']} at end. Checkpoints: EnergyFlow `{info['energy']}`, diffusion "
-           f"`{info['diffusion']}`" + (f", R-NCE `{info['rnce']}`" if info.get('rnce') else '') +
+           f"{info['load_end']} at end. Checkpoints: EnergyFlow `{info['energy']}`"
+           + (f", diffusion `{info['diffusion']}`" if info.get('diffusion') else '')
+           + (f", R-NCE `{info['rnce']}`" if info.get('rnce') else '') +
            f". {info['episodes']} episodes per setting (seeds from "
            f'{EVAL_SEED}, interleaved across settings); time = the runtime planner call '
            '(normalise, fused ONNX sampler, denormalise) per chunk.', '',
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     task_name = load_checkpoint(args.energy).payload['train_meta']['task']
     settings = build_settings(args)
     info = {'task': task_name, 'device': 'cpu', 'energy': args.energy,
-            'diffusion': args.diffusion,
+            'diffusion': args.diffusion if _ints(args.ddim_steps) else None,
             'rnce': args.rnce if _rnce_settings(args.rnce_settings) else None,
             'episodes': args.episodes, 'threads': args.threads,
             'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',

@@ -86,6 +86,11 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
         ('rnce', 3, 2, None)
     assert rnce['warm_plans'] == 0 and rnce['warm_extrapolation'] is None
     assert f"R-NCE `{checkpoints['rnce']}`" in table and 'draws from the learned' in table
+    assert f"diffusion `{checkpoints['diffusion']}`" in table
+    # a run without diffusion settings names no diffusion checkpoint (it loaded none)
+    alone = bench.markdown({**data['info'], 'diffusion': None, 'rnce': None},
+                           [r for r in data['records'] if r['method'] == 'energyflow'], [])
+    assert 'diffusion `' not in alone and 'R-NCE `' not in alone
     ranked = recs['rnce N=2 K=0']           # proposal draws ranked by the energy, one graph
     assert (ranked['n_particles'], ranked['cold_steps'], ranked['warm_plans']) == (2, 0, 0)
     assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
