@@ -43,8 +43,8 @@ from energyflow_ros.core.config import config_to_dict, ConfigError
 from energyflow_ros.data.dataset import DemoError
 
 __all__ = [
-    'BagSpecError', 'POSE_AXES', 'StreamSpec', 'ActionSpec', 'EpisodeSpec', 'BagSpec',
-    'load_bag_spec',
+    'BagSpecError', 'HEADINGS', 'POSE_AXES', 'heading_values', 'StreamSpec', 'ActionSpec',
+    'EpisodeSpec', 'BagSpec', 'load_bag_spec',
     'JOINT_STATE', 'MULTI_ARRAY', 'POSE_STAMPED', 'POINT_CLOUD', 'JOINT_TRAJECTORY', 'BOOL',
     'INT32',
 ]
@@ -61,12 +61,25 @@ OBS_TYPES = (JOINT_STATE, MULTI_ARRAY, POSE_STAMPED, POINT_CLOUD)
 ACTION_TYPES = (MULTI_ARRAY, JOINT_TRAJECTORY, JOINT_STATE)
 MARKER_TYPES = (BOOL, INT32)
 HEADERLESS = (MULTI_ARRAY, BOOL, INT32)
+HEADINGS = ('yaw', 'yaw_2pi', 'yaw_cos', 'yaw_sin')
+
+
+def heading_values(qx: float, qy: float, qz: float, qw: float) -> dict[str, float]:
+    """A quaternion's heading about z under each name in :data:`HEADINGS`: ``yaw`` in
+    [-pi, pi), ``yaw_2pi`` in [0, 2 pi), ``yaw_cos`` and ``yaw_sin`` (no jump anywhere).
+
+    The one definition the bag reader, the recorder and the nodes' pose streams share.
+    """
+    yaw = math.atan2(2.0 * (qw * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
+    return {'yaw': yaw, 'yaw_2pi': yaw % (2.0 * math.pi), 'yaw_cos': math.cos(yaw),
+            'yaw_sin': math.sin(yaw)}
+
+
 # PoseStamped fields and the dimensions each contributes; 'yaw' is the heading about z
 # (planar poses such as a pushed block; yaw_cos / yaw_sin give it without a jump), the single
 # axes pick one coordinate.
 POSE_AXES = {'position': ('x', 'y', 'z'), 'orientation': ('x', 'y', 'z', 'w'),
-             'x': ('',), 'y': ('',), 'z': ('',), 'yaw': ('',), 'yaw_2pi': ('',),
-             'yaw_cos': ('',), 'yaw_sin': ('',)}
+             'x': ('',), 'y': ('',), 'z': ('',), **{name: ('',) for name in HEADINGS}}
 FIELD_CHOICES = {JOINT_STATE: ('position', 'velocity', 'effort'),
                  POSE_STAMPED: tuple(POSE_AXES)}
 DEFAULT_FIELDS = {JOINT_STATE: ('position',), POSE_STAMPED: ('position', 'orientation'),

@@ -18,7 +18,6 @@ import abc
 from collections import defaultdict
 from contextlib import contextmanager
 import functools
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -32,8 +31,7 @@ from energyflow_ros.data.align import (
     NS, ReadReport, Stream, assemble_frames, clock_ticks, gap_segments, marker_segments)
 from energyflow_ros.data.bag_config import (
     BOOL, JOINT_STATE, JOINT_TRAJECTORY, POINT_CLOUD, POSE_AXES, POSE_STAMPED, ActionSpec,
-    BagSpec,
-    StreamSpec, load_bag_spec)
+    BagSpec, heading_values, StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
 
 __all__ = ['read_rosbag', 'pose_field_values']
@@ -167,11 +165,9 @@ def pose_field_values(pose: Any, fields: tuple[str, ...] | list[str]) -> np.ndar
     Shared with the recorder so that what it saves and what is read back agree bit for bit.
     """
     p, q = pose.position, pose.orientation
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
     parts = {'position': [p.x, p.y, p.z], 'orientation': [q.x, q.y, q.z, q.w],
-             'x': [p.x], 'y': [p.y], 'z': [p.z], 'yaw': [yaw],
-             'yaw_2pi': [yaw % (2.0 * math.pi)], 'yaw_cos': [math.cos(yaw)],
-             'yaw_sin': [math.sin(yaw)]}
+             'x': [p.x], 'y': [p.y], 'z': [p.z],
+             **{name: [v] for name, v in heading_values(q.x, q.y, q.z, q.w).items()}}
     return np.array([v for f in fields for v in parts[f]], dtype=np.float64)
 
 

@@ -20,6 +20,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from energyflow_ros.data.bag_config import HEADINGS, heading_values
+
 __all__ = [
     'POSE_FIELDS', 'stamp_to_sec', 'sec_to_stamp', 'sec_to_duration', 'duration_to_sec',
     'yaw_to_quaternion', 'pose_values', 'check_pose_fields', 'JointIndexer', 'array_values',
@@ -27,8 +29,7 @@ __all__ = [
     'make_chunk_array', 'make_joint_trajectory', 'trajectory_by_name',
 ]
 
-POSE_FIELDS = ('x', 'y', 'z', 'yaw', 'yaw_2pi', 'yaw_cos', 'yaw_sin', 'roll', 'pitch', 'qx',
-               'qy', 'qz', 'qw')
+POSE_FIELDS = ('x', 'y', 'z', *HEADINGS, 'roll', 'pitch', 'qx', 'qy', 'qz', 'qw')
 """Names :func:`pose_values` understands; ``yaw`` is in [-pi, pi), ``yaw_2pi`` in [0, 2 pi);
 ``yaw_cos`` and ``yaw_sin`` give the heading without a jump anywhere."""
 
@@ -61,12 +62,12 @@ def yaw_to_quaternion(yaw: float) -> tuple[float, float, float, float]:
     return 0.0, 0.0, math.sin(0.5 * yaw), math.cos(0.5 * yaw)
 
 
-def _euler(q: Any) -> tuple[float, float, float]:
-    """(roll, pitch, yaw) of a geometry_msgs/Quaternion (ZYX convention)."""
+def _roll_pitch(q: Any) -> tuple[float, float]:
+    """(roll, pitch) of a geometry_msgs/Quaternion (ZYX convention; the heading about z:
+    :func:`~energyflow_ros.data.bag_config.heading_values`)."""
     roll = math.atan2(2.0 * (q.w * q.x + q.y * q.z), 1.0 - 2.0 * (q.x * q.x + q.y * q.y))
     sinp = max(-1.0, min(1.0, 2.0 * (q.w * q.y - q.z * q.x)))
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-    return roll, math.asin(sinp), yaw
+    return roll, math.asin(sinp)
 
 
 def check_pose_fields(fields: Sequence[str]) -> None:
@@ -79,10 +80,9 @@ def check_pose_fields(fields: Sequence[str]) -> None:
 def pose_values(msg: PoseStamped, fields: Sequence[str]) -> np.ndarray:
     """The named fields of a pose, in the order asked for."""
     p, q = msg.pose.position, msg.pose.orientation
-    roll, pitch, yaw = _euler(q)
-    table = {'x': p.x, 'y': p.y, 'z': p.z, 'yaw': yaw, 'yaw_2pi': yaw % (2.0 * math.pi),
-             'yaw_cos': math.cos(yaw), 'yaw_sin': math.sin(yaw), 'roll': roll, 'pitch': pitch,
-             'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
+    roll, pitch = _roll_pitch(q)
+    table = {'x': p.x, 'y': p.y, 'z': p.z, **heading_values(q.x, q.y, q.z, q.w), 'roll': roll,
+             'pitch': pitch, 'qx': q.x, 'qy': q.y, 'qz': q.z, 'qw': q.w}
     return np.array([table[f] for f in fields], dtype=np.float64)
 
 
