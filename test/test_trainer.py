@@ -185,6 +185,10 @@ def test_cached_expert_data_of_an_older_observation_layout_is_collected_again(tm
     again = load_demos(cfg, 'obstacles2d')
     assert again.obs_names == fresh.obs_names and again.fingerprint() == fresh.fingerprint()
     assert DemoSet.load_npz(cache).obs_names == fresh.obs_names  # the cache is replaced
+    renamed.save_npz(cache)  # the trainer passes the task's info it already has: same check
+    from energyflow_ros.sim.registry import make_task
+    info = make_task('obstacles2d').info
+    assert load_demos(cfg, 'obstacles2d', info=info).obs_names == fresh.obs_names
 
 
 def test_checkpoints_hold_everything_to_resume_and_export(tmp_path, demo_npz):

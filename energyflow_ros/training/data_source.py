@@ -112,26 +112,26 @@ def expert_cache_path(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -
     return os.path.join(cfg.cache_dir, name)
 
 
-def _layout_matches(demos: DemoSet, task: str, task_kwargs: dict[str, Any]) -> bool:
+def _layout_matches(demos: DemoSet, task: str, task_kwargs: dict[str, Any],
+                    info: Any = None) -> bool:
     """Whether a cached collection has the task's current observation and action names."""
-    from energyflow_ros.sim.registry import make_task
+    if info is None:
+        from energyflow_ros.sim.registry import make_task
 
-    made = make_task(task, **task_kwargs)
-    try:
-        info = made.info
-        return (tuple(demos.obs_names) == tuple(info.obs_names)
-                and tuple(demos.action_names) == tuple(info.action_names))
-    finally:
+        made = make_task(task, **task_kwargs)
         made.close()
+        info = made.info
+    return (tuple(demos.obs_names) == tuple(info.obs_names)
+            and tuple(demos.action_names) == tuple(info.action_names))
 
 
-def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -> DemoSet:
+def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any], info: Any) -> DemoSet:
     from energyflow_ros.sim.demos import collect_demos
 
     cache = expert_cache_path(cfg, task, task_kwargs)
     if cache and os.path.exists(cache):
         demos = DemoSet.load_npz(cache)
-        if _layout_matches(demos, task, task_kwargs):  # else: an older layout; collect again
+        if _layout_matches(demos, task, task_kwargs, info):  # else: an older layout: collect
             demos.meta.update(task=task, source='scripted_expert (cached)')
             return demos
     demos = collect_demos(task, cfg.n_episodes, seed=cfg.seed, task_kwargs=task_kwargs,
@@ -168,14 +168,17 @@ def _lerobot(cfg: DataConfig) -> DemoSet:
     return demos
 
 
-def load_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = None
-               ) -> DemoSet:
+def load_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = None,
+               info: Any = None) -> DemoSet:
     """Read (or collect) the demonstrations ``cfg`` describes.
 
     Args:
         cfg: the data section of the train config.
         task: the task name (the expert's task for ``expert``).
         task_kwargs: the task's constructor arguments (``expert`` only).
+        info: the task's :class:`~energyflow_ros.sim.base.TaskInfo` when the caller has it
+            (``expert`` only: a cached collection is checked against its names; without it
+            the task is built once to read them).
 
     Raises:
         DemoError: missing, unreadable or invalid data, naming the file and the problem.
@@ -183,7 +186,7 @@ def load_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = 
     """
     task_kwargs = dict(task_kwargs or {})
     if cfg.source == 'expert':
-        return _expert(cfg, task, task_kwargs)
+        return _expert(cfg, task, task_kwargs, info)
     if cfg.source != 'npz' and not os.path.exists(cfg.path):
         raise DemoError(f'{cfg.source} data not found: {cfg.path}')
     if cfg.source == 'npz':

@@ -583,7 +583,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             raise TrainError(f'{checkpoint} exists; pass --resume to continue that run or '
                              'choose another out_dir')
         info = _task_info(cfg)
-        demos = demos if demos is not None else load_demos(cfg.data, cfg.task, cfg.task_kwargs)
+        if demos is None:
+            demos = load_demos(cfg.data, cfg.task, cfg.task_kwargs, info)
         data = prepare_data(demos, cfg.data, cfg.task, cfg.n_obs, cfg.horizon,
                             cfg.executed_steps, info)
         trainer = Trainer(cfg, data, ctx, info.metric_name if info else 'success', say)
