@@ -49,6 +49,7 @@ from energyflow_ros.runtime.model_format import ModelMetadata  # noqa: E402
 from energyflow_ros.runtime.onnx_model import ModelLoadError, OnnxModel  # noqa: E402
 from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
+from energyflow_ros.sim.registry import make_task  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
 DEFAULT_GAMMA = SACConfig().gamma   # records written before gamma was a setting used it
@@ -132,10 +133,13 @@ def env_config(task: str, model: OnnxModel, n_demos: int) -> ChunkEnvConfig:
     meta = model.metadata
     if meta.task and meta.task != task:
         raise ValueError(f'{model.path} is a {meta.task} model, given for task {task}')
-    demos = collect_demos(task, n_demos, seed=0)
-    if tuple(meta.obs_names) != tuple(demos.obs_names):
+    made = make_task(task)   # the names first: collecting the demonstrations takes a while
+    made.close()
+    if tuple(meta.obs_names) != tuple(made.info.obs_names):
         raise ValueError(f'{model.path} observes {list(meta.obs_names)} but task {task} observes '
-                         f'{demos.obs_names}: retrain the model on the task as it is now')
+                         f'{list(made.info.obs_names)}: retrain the model on the task as it is '
+                         'now')
+    demos = collect_demos(task, n_demos, seed=0)
     scale = chunk_scale(demos, meta.n_obs, meta.horizon)
     return ChunkEnvConfig(task, {}, meta.n_obs, meta.horizon, meta.executed_steps,
                           TASK_TICKS[task], tuple(float(s) for s in scale), TASK_KNOTS[task])
