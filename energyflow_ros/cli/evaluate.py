@@ -30,7 +30,7 @@ from energyflow_ros.core.config import ChunkSpec, config_from_dict, ConfigError
 from energyflow_ros.core.methods import BackboneConfig, build_method, METHODS
 from energyflow_ros.core.networks import count_parameters
 from energyflow_ros.data.dataset import DemoError
-from energyflow_ros.sim.registry import make_task, task_names
+from energyflow_ros.sim.registry import task_info, task_names
 from energyflow_ros.training.trainer import load_train_config, train, TrainConfig, TrainError
 
 PROG = 'energyflow-eval'
@@ -110,9 +110,8 @@ def config_path(task: str, config_dir: str | None) -> str:
 
 def task_chunk_spec(cfg: TrainConfig) -> ChunkSpec:
     """The chunk shapes of ``cfg``'s task (stacked observation, action, horizon)."""
-    task = make_task(cfg.task, **cfg.task_kwargs)
-    task.close()
-    return ChunkSpec(cfg.n_obs * task.info.obs_dim, task.info.action_dim, cfg.horizon)
+    info = task_info(cfg.task, **cfg.task_kwargs)
+    return ChunkSpec(cfg.n_obs * info.obs_dim, info.action_dim, cfg.horizon)
 
 
 def method_parameters(cfg: TrainConfig, spec: ChunkSpec, method: str,
@@ -291,7 +290,7 @@ def _method_order(method: str) -> int:
 def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) -> None:
     """Train and evaluate every method on ``task``; the results files grow after each."""
     configs = _task_configs(task, args)
-    info = make_task(task).info
+    info = task_info(task)
     records = []
     for method, cfg in configs.items():
         runs = []

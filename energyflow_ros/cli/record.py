@@ -39,7 +39,7 @@ from energyflow_ros.data.dataset import DemoSet
 from energyflow_ros.data.rosbag import pose_field_values, read_rosbag
 from energyflow_ros.nodes.params import command_qos, reliable_qos
 from energyflow_ros.nodes.sim_node import TIME_SCALE_RANGE
-from energyflow_ros.sim.registry import make_expert, make_task, task_names
+from energyflow_ros.sim.registry import make_expert, make_task, task_info, task_names
 
 __all__ = ['POSE_FIELDS', 'ExpertDriver', 'bag_spec_for', 'record', 'main']
 
@@ -54,7 +54,7 @@ TYPES = {'joints': 'sensor_msgs/msg/JointState', 'pose': 'geometry_msgs/msg/Pose
 
 def bag_spec_for(task_name: str) -> dict[str, Any]:
     """The bag spec (``data.bag_config`` YAML form) that reads a recording of ``task_name``."""
-    info = make_task(task_name).info
+    info = task_info(task_name)
     joints = list(info.action_names)
     return {
         'align': 'hold', 'tolerance_s': 0.5,

@@ -49,7 +49,7 @@ from energyflow_ros.runtime.model_format import ModelMetadata  # noqa: E402
 from energyflow_ros.runtime.onnx_model import ModelLoadError, OnnxModel  # noqa: E402
 from energyflow_ros.runtime.reward import REWARD_VARIANTS  # noqa: E402
 from energyflow_ros.sim.demos import collect_demos  # noqa: E402
-from energyflow_ros.sim.registry import make_task  # noqa: E402
+from energyflow_ros.sim.registry import task_info  # noqa: E402
 
 PROG = 'energyflow-reward-eval'
 DEFAULT_GAMMA = SACConfig().gamma   # records written before gamma was a setting used it
@@ -133,12 +133,10 @@ def env_config(task: str, model: OnnxModel, n_demos: int) -> ChunkEnvConfig:
     meta = model.metadata
     if meta.task and meta.task != task:
         raise ValueError(f'{model.path} is a {meta.task} model, given for task {task}')
-    made = make_task(task)   # the names first: collecting the demonstrations takes a while
-    made.close()
-    if tuple(meta.obs_names) != tuple(made.info.obs_names):
+    obs_names = task_info(task).obs_names  # before collecting the demonstrations (slow)
+    if tuple(meta.obs_names) != tuple(obs_names):
         raise ValueError(f'{model.path} observes {list(meta.obs_names)} but task {task} observes '
-                         f'{list(made.info.obs_names)}: retrain the model on the task as it is '
-                         'now')
+                         f'{list(obs_names)}: retrain the model on the task as it is now')
     demos = collect_demos(task, n_demos, seed=0)
     scale = chunk_scale(demos, meta.n_obs, meta.horizon)
     return ChunkEnvConfig(task, {}, meta.n_obs, meta.horizon, meta.executed_steps,

@@ -13,7 +13,7 @@ from typing import Any
 
 from energyflow_ros.sim.base import Expert, Task
 
-__all__ = ['TaskEntry', 'TASKS', 'task_names', 'make_task', 'make_expert']
+__all__ = ['TaskEntry', 'TASKS', 'task_names', 'make_task', 'task_info', 'make_expert']
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,18 @@ def make_task(name: str, **kwargs: Any) -> Task:
     """
     entry = _entry(name)
     return entry.load(entry.task_class)(**kwargs)
+
+
+def task_info(name: str, **kwargs: Any) -> Any:
+    """The :class:`~energyflow_ros.sim.base.TaskInfo` of ``make_task(name, **kwargs)``; the
+    task is built to read it and closed again (its simulator is not left open).
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    task = make_task(name, **kwargs)
+    task.close()
+    return task.info
 
 
 def make_expert(task: Task) -> Expert:

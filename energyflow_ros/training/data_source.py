@@ -116,11 +116,9 @@ def _layout_matches(demos: DemoSet, task: str, task_kwargs: dict[str, Any],
                     info: Any = None) -> bool:
     """Whether a cached collection has the task's current observation and action names."""
     if info is None:
-        from energyflow_ros.sim.registry import make_task
+        from energyflow_ros.sim.registry import task_info
 
-        made = make_task(task, **task_kwargs)
-        made.close()
-        info = made.info
+        info = task_info(task, **task_kwargs)
     return (tuple(demos.obs_names) == tuple(info.obs_names)
             and tuple(demos.action_names) == tuple(info.action_names))
 

@@ -295,16 +295,14 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def _task_info(cfg: TrainConfig) -> Any:
-    from energyflow_ros.sim.registry import make_task, TASKS
+    from energyflow_ros.sim.registry import task_info, TASKS
     if cfg.task not in TASKS:
         return None
     try:
-        task = make_task(cfg.task, **cfg.task_kwargs)
+        return task_info(cfg.task, **cfg.task_kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f'task_kwargs {cfg.task_kwargs} rejected by task {cfg.task!r}: '
                           f'{exc}') from exc
-    task.close()
-    return task.info
 
 
 def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
