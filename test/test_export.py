@@ -3,6 +3,7 @@ the parity gate, metadata and atomic writing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -73,6 +74,26 @@ def test_energyflow_schedule_reproduces_the_probability_flow_sampler():
     got = reference_sampler(method, obs, previous + spec.warm.init_std * jitter,
                             spec.warm.sigmas, spec.warm.step_sizes, torch.zeros(3, 2, 5, 4, 2),
                             spec.rank_sigma)
+    torch.testing.assert_close(got.actions, warm.actions, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('warm_steps', [None, 2])
+def test_torch_warm_start_takes_the_exported_warm_step_count(warm_steps):
+    # The trainer's warm-started evaluation (torch) and the exported warm sampler must run
+    # the same schedule: flow.warm_steps when the config sets it, else the cold step density.
+    method = tiny_method('energyflow')
+    flow = dataclasses.replace(method.cfg.flow, n_particles=3, n_steps=10, warm_start_t=0.6,
+                               warm_steps=warm_steps)
+    method.cfg = dataclasses.replace(method.cfg, flow=flow)
+    native, spec = method.sampler(), sampler_spec(method)
+    assert spec.warm.n_steps == (warm_steps or 6)         # 10 steps over [t_end, 1] -> 6
+    assert sampler_spec(method, warm_steps=4).warm.n_steps == 4   # export's choice wins
+    obs, previous = torch.randn(2, 6), torch.randn(2, 3, 4, 2)
+    warm = native.sample(obs, torch.Generator().manual_seed(4), init=previous)
+    jitter = torch.randn(previous.shape, generator=torch.Generator().manual_seed(4))
+    got = reference_sampler(method, obs, previous + spec.warm.init_std * jitter,
+                            spec.warm.sigmas, spec.warm.step_sizes,
+                            torch.zeros(spec.warm.n_steps, 2, 3, 4, 2), spec.rank_sigma)
     torch.testing.assert_close(got.actions, warm.actions, rtol=1e-6, atol=1e-6)
 
 

@@ -91,6 +91,7 @@ def test_unknown_fields_are_rejected_by_name(data, unknown):
     (['backbone.kind=unet', 'horizon=6'], 'channels'), (['data.source=csv'], 'source'),
     (['data.source=npz'], 'path'), (['optim.batch_size=2.5'], 'batch_size'),
     (['method_config.energyflow.flow.t_end=abc'], 't_end .* expected a number'),
+    (['method_config.energyflow.flow.warm_steps=0'], 'warm_steps = 0 is invalid: expected a pos'),
     (['method_config.ibc.dfo.shrink=[0.5]'], 'shrink .* expected a number'),
     (['backbone.unet.channels=64'], 'channels = 64 is invalid: expected a list'),
     (['data.obs_keys=robot0_eef_pos'], 'obs_keys .* expected a list'),

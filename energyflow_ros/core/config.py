@@ -220,6 +220,8 @@ class ProbabilityFlowConfig:
         n_steps: Euler steps from t = 1 (or the warm-start time) down to ``t_end``.
         t_end: final time; sigma(t_end) is the last noise level visited.
         warm_start_t: time from which a warm-started chunk is re-noised and integrated.
+        warm_steps: Euler steps of a warm-started chunk; None: the cold schedule's step density
+            over [t_end, warm_start_t] (see :meth:`warm_step_count`).
         rank_sigma: noise scale at which the final particles are ranked (normalised action
             units). Ranking at sigma_min trusts the energy where DSM trained it least (only
             sigma_min-close to the data); on obstacles2d (MLP, 15k steps) ranking at 0.1
@@ -230,6 +232,7 @@ class ProbabilityFlowConfig:
     n_steps: int = 20
     t_end: float = 1e-3
     warm_start_t: float = 0.35
+    warm_steps: int | None = None
     rank_sigma: float = 0.1
 
     def __post_init__(self) -> None:
@@ -241,6 +244,21 @@ class ProbabilityFlowConfig:
                  self.warm_start_t, f'a number in (t_end = {self.t_end}, 1]')
         _require(isinstance(self.rank_sigma, (int, float)) and 0 < self.rank_sigma < math.inf,
                  'ProbabilityFlowConfig', 'rank_sigma', self.rank_sigma, 'a number > 0')
+        if self.warm_steps is not None:
+            _positive_int('ProbabilityFlowConfig', 'warm_steps', self.warm_steps)
+
+    def warm_step_count(self, warm_start_t: float | None = None,
+                        cold_steps: int | None = None) -> int:
+        """Euler steps of a warm start from ``warm_start_t`` (default: the config's).
+
+        ``warm_steps`` when set; otherwise the cold schedule's step density (``cold_steps``,
+        default ``n_steps``, over [t_end, 1]) over [t_end, warm_start_t], at least one.
+        """
+        if self.warm_steps is not None:
+            return self.warm_steps
+        t0 = self.warm_start_t if warm_start_t is None else warm_start_t
+        k = cold_steps or self.n_steps
+        return max(1, round(k * (t0 - self.t_end) / (1.0 - self.t_end)))
 
 
 @dataclass(frozen=True)

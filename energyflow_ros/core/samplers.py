@@ -158,7 +158,8 @@ class ProbabilityFlowSampler:
 
     From t = 1 (a ~ N(0, sigma_max**2 I)) down to ``t_end``:
     ``a <- a - 0.5 * d(sigma**2)/dt * grad_a E(o, a, sigma(t)) * dt``. A warm start re-noises
-    ``init`` to sigma(warm_start_t) and integrates from there with the same step count.
+    ``init`` to sigma(warm_start_t) and integrates from there with ``cfg.warm_step_count()``
+    steps, as the exported warm sampler does.
     Particles are ranked at ``cfg.rank_sigma`` (see :class:`ProbabilityFlowConfig`).
     """
 
@@ -170,8 +171,8 @@ class ProbabilityFlowSampler:
                init: torch.Tensor | None = None, n_steps: int | None = None) -> SampleResult:
         """Sample one chunk per observation (B, O); ``init`` (B, N, H, A) warm-starts."""
         cfg, sched = self.cfg, self.schedule
-        n_steps = n_steps or cfg.n_steps
         t0 = 1.0 if init is None else cfg.warm_start_t
+        n_steps = n_steps or (cfg.n_steps if init is None else cfg.warm_step_count())
         if init is None:
             shape = (obs.shape[0], cfg.n_particles, *self.chunk_shape)
             a = sched.sigma_max * torch.randn(shape, generator=generator, device=obs.device)

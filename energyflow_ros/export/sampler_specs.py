@@ -69,8 +69,8 @@ def _energyflow(method: EnergyFlowMethod, n: int | None, k: int | None, warm: in
     if not cfg.t_end < t0 <= 1.0:
         raise ValueError(f'warm_start_t = {t0!r} is invalid: expected a number in '
                          f'(t_end = {cfg.t_end}, 1]')
-    if warm is None:   # the cold schedule's step density over [t_end, warm_start_t]
-        warm = max(1, round(k * (t0 - cfg.t_end) / (1.0 - cfg.t_end)))
+    if warm is None:
+        warm = cfg.warm_step_count(t0, k)
     rank = float(getattr(cfg, 'rank_sigma', method.schedule.sigma_min))
     return SamplerSpec('gradient', n or cfg.n_particles, 'gaussian', rank,
                        probability_flow_schedule(method, 1.0, k),
