@@ -44,7 +44,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--steps', type=_steps,
                         help='unrolled steps K of the sampler (R-NCE: 0 ranks proposal draws '
                         'by the energy without Langevin steps, in one graph)')
-    parser.add_argument('--warm-steps', type=_positive, help='unrolled steps of the warm sampler')
+    parser.add_argument('--warm-steps', type=_positive,
+                        help='unrolled steps of the warm sampler (default: EnergyFlow: the '
+                        'training config\'s flow.warm_steps, else the cold step density from '
+                        'the warm-start time)')
     parser.add_argument('--warm-start-t', type=float,
                         help='EnergyFlow: flow time a warm-started chunk is re-noised to '
                         '(default: the training config\'s flow.warm_start_t)')
