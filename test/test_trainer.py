@@ -266,6 +266,22 @@ def test_stopped_then_resumed_run_equals_an_uninterrupted_run(tmp_path, demo_npz
     assert timeless(whole.trainer.metrics) == timeless(resumed.trainer.metrics)
 
 
+def test_a_run_resumes_after_its_warm_start_settings_change(tmp_path, demo_npz):
+    # How a warm start samples does not touch the weights: the Push-T config changed it after
+    # its quality runs were trained. Anything else in method_config still refuses.
+    def cfg(*extra):
+        return tiny(tmp_path / 'run', demo_npz, *extra, method='energyflow', steps=10)
+
+    assert train(cfg(), stop_after=5, log=quiet).trainer.step == 5
+    with pytest.raises(TrainError, match="different \\['method_config'\\]"):
+        train(cfg('method_config.energyflow.schedule.sigma_max=5.0'), resume=True, log=quiet)
+    warm = ('method_config.energyflow.flow.warm_start_t=0.6',
+            'method_config.energyflow.flow.warm_steps=2')
+    final = train(cfg(*warm), resume=True, log=quiet).final_path
+    flow = load_checkpoint(final).payload['train_config']['method_config']['energyflow']['flow']
+    assert (flow['warm_start_t'], flow['warm_steps']) == (0.6, 2)
+
+
 def test_a_dataset_of_an_unregistered_robot_trains_with_data_bounds(tmp_path, demo_npz):
     base = ['task=my_arm', 'eval.final=false']
     with pytest.raises(DemoError, match='control_hz'):

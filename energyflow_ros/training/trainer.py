@@ -53,6 +53,22 @@ __all__ = [
 
 # Fields that may change between a run and its resumption (they do not affect the weights).
 RESUMABLE_CHANGES = ('eval', 'progress', 'device', 'checkpoint_every', 'log_every', 'out_dir')
+# The same inside ``method_config``, as (method, section, field): how a warm start samples.
+RESUMABLE_METHOD_CHANGES = (('energyflow', 'flow', 'warm_start_t'),
+                            ('energyflow', 'flow', 'warm_steps'))
+
+
+def _weight_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config dictionary without the fields a resumed run may change."""
+    out = {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
+    methods = {m: dict(v) if isinstance(v, dict) else v
+               for m, v in (out.get('method_config') or {}).items()}
+    for method, section, name in RESUMABLE_METHOD_CHANGES:
+        part = methods.get(method)
+        if isinstance(part, dict) and isinstance(part.get(section), dict):
+            part[section] = {k: v for k, v in part[section].items() if k != name}
+    out['method_config'] = methods
+    return out
 
 
 class TrainError(RuntimeError):
@@ -477,8 +493,9 @@ class Trainer:
         Raises:
             TrainError: the checkpoint belongs to another config or other data.
         """
-        saved, now = payload['train_config'], config_to_dict(self.cfg)
-        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        saved = _weight_fields(payload['train_config'])
+        now = _weight_fields(config_to_dict(self.cfg))
+        changed = sorted(k for k in now if saved.get(k) != now[k])
         if changed:
             raise TrainError(f'{self.path("checkpoint.pt")} was written with different '
                              f'{changed}; resume with the same config or use another out_dir')
