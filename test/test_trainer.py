@@ -280,6 +280,11 @@ def test_a_run_resumes_after_its_warm_start_settings_change(tmp_path, demo_npz):
     final = train(cfg(*warm), resume=True, log=quiet).final_path
     flow = load_checkpoint(final).payload['train_config']['method_config']['energyflow']['flow']
     assert (flow['warm_start_t'], flow['warm_steps']) == (0.6, 2)
+    # a finished run resumed with other settings: final.pt (what gets exported) carries them
+    final = train(cfg('method_config.energyflow.flow.warm_start_t=0.7'), resume=True,
+                  log=quiet).final_path
+    flow = load_checkpoint(final).payload['train_config']['method_config']['energyflow']['flow']
+    assert flow['warm_start_t'] == 0.7 and 'warm_steps' not in flow
 
 
 def test_a_dataset_of_an_unregistered_robot_trains_with_data_bounds(tmp_path, demo_npz):

@@ -406,6 +406,8 @@ class Trainer:
         self._sums: dict[str, float] = {}
         self._count, self._lr = 0, cfg.optim.lr
         self.metric_name, self.log = metric_name, log
+        # resumed with other warm-start settings: final.pt must be written again with them
+        self._stale_final = False
 
     def path(self, name: str) -> str:
         """A file in the run's output folder."""
@@ -486,6 +488,7 @@ class Trainer:
         norms = (self.data.obs_normalizer, self.data.action_normalizer)
         extra = {**extra, 'raw_state_dict': self.method.state_dict(), 'weights': 'ema'}
         save_checkpoint(self.path('final.pt'), self.ema.model, *norms, extra)
+        self._stale_final = False
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save` for the same config and data.
@@ -493,9 +496,11 @@ class Trainer:
         Raises:
             TrainError: the checkpoint belongs to another config or other data.
         """
-        saved = _weight_fields(payload['train_config'])
-        now = _weight_fields(config_to_dict(self.cfg))
+        config = config_to_dict(self.cfg)
+        saved, now = _weight_fields(payload['train_config']), _weight_fields(config)
         changed = sorted(k for k in now if saved.get(k) != now[k])
+        self._stale_final = payload['train_config'].get('method_config') != \
+            config['method_config']
         if changed:
             raise TrainError(f'{self.path("checkpoint.pt")} was written with different '
                              f'{changed}; resume with the same config or use another out_dir')
@@ -554,9 +559,11 @@ class Trainer:
                     self.save(elapsed, final=self.step == total)
                 bar.update(1)
         self.elapsed_s = time.perf_counter() - start
-        if self.step == total and self.ctx.is_main and not os.path.exists(self.path('final.pt')):
-            # killed after the last checkpoint, before final.pt: rank 0 writes it alone (no
-            # collective; final.pt is not resumed from, so its own generator state suffices)
+        if self.step == total and self.ctx.is_main and (
+                self._stale_final or not os.path.exists(self.path('final.pt'))):
+            # killed after the last checkpoint, before final.pt, or a finished run resumed with
+            # other warm-start settings (final.pt is what gets exported): rank 0 writes it alone
+            # (no collective; final.pt is not resumed from, so its own generator state suffices)
             self._save_final(self.extra(self.elapsed_s, gather=False))
 
 
