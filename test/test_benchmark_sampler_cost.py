@@ -41,15 +41,24 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys):
+def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, capsys,
+                                                monkeypatch):
+    seeds = []
+
+    def rollout(task, policy, seed):
+        seeds.append(seed)
+        return real_rollout(task, policy, seed)
+    real_rollout = bench.rollout
+    monkeypatch.setattr(bench, 'rollout', rollout)
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--rnce', checkpoints['rnce'],
                        '--rnce-settings', '3:2,2:0', '--episodes', '1', '--cold-steps', '4,2',
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
                        '--particles', '4', '--lean-warm', '2:1,1:1:2',
                        '--warm-start-times', '0.8', '--warm-particles', '4,2',
-                       '--threads', '1',
+                       '--threads', '1', '--episode-seed', '777',
                        '--out', str(tmp_path)]) == 0
+    assert set(seeds) == {777}          # every setting's one episode, on the asked seed
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
                                             'sampler_cost-obstacles2d-cpu.md']
@@ -79,6 +88,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert (short['n_particles'], short['warm_steps'], short['cold_steps']) == (1, 1, 2)
     table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
     assert '| collision | path cost | plans |' in table
+    assert data['info']['episode_seed'] == 777 and '(seeds from 777,' in table
     assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
     assert recs['diffusion DDIM-2']['n_particles'] == 1
     rnce = recs['rnce N=3 K=2']
