@@ -147,6 +147,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='extra warm-start settings with fewer particles, as N:K or N:K:C '
                         '(C: the cold K of each episode\'s first chunk, default 20; the '
                         'per-chunk cost scales with N x K)')
+    parser.add_argument('--warm-at', default='',
+                        help='explicit warm-start settings as N:K:t (particles, warm K, '
+                        'warm-start time), comma-separated, e.g. 4:3:0.6; unlike '
+                        '--warm-start-times, no product with the other lists')
     parser.add_argument('--rnce', default=f'{RUNS}/rnce/seed0/final.pt',
                         help='R-NCE checkpoint of the same task and data')
     parser.add_argument('--rnce-settings', default='32:5,8:1,2:1,32:0,8:0,4:0,2:0',
@@ -158,6 +162,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         _lean_warm(args.lean_warm)
+        _warm_at(args.warm_at)
         _rnce_settings(args.rnce_settings)
         _floats(args.warm_start_times)
         _counts(args.warm_particles, '--warm-particles', ('N',))
@@ -211,6 +216,23 @@ def _lean_warm(text: str) -> list[tuple[int, ...]]:
     return [(*item, 20)[:3] for item in _counts(text, '--lean-warm', ('N:K', 'N:K:C'))]
 
 
+def _warm_at(text: str) -> list[tuple[int, int, float]]:
+    """``--warm-at`` items as (N, warm K, warm-start time)."""
+    items = []
+    for item in (v for v in text.split(',') if v):
+        parts = item.split(':')
+        try:
+            n, k, t = int(parts[0]), int(parts[1]), float(parts[2])
+            ok = len(parts) == 3 and n >= 1 and k >= 1 and 0.0 < t <= 1.0
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise ValueError(f'--warm-at: {item!r} is not N:K:t with positive integers N, K '
+                             'and a warm-start time t in (0, 1]')
+        items.append((n, k, t))
+    return items
+
+
 def _rnce_settings(text: str) -> list[tuple[int, ...]]:
     """``--rnce-settings`` items as (N, K); K = 0: proposal draws ranked, no Langevin step."""
     return _counts(text, '--rnce-settings', ('N:K',), least=(1, 0))
@@ -232,6 +254,10 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
                          'energyflow', args.energy, n, 20, k, args.warm_extrapolation, t)
                  for n in _ints(args.warm_particles) or [args.particles]
                  for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
+    settings += [Setting(f'energyflow warm K={k} t={t:g}' + (f' N={n}' if n != args.particles
+                                                             else ''),
+                         'energyflow', args.energy, n, 20, k, args.warm_extrapolation, t)
+                 for n, k, t in _warm_at(args.warm_at)]
     settings += [Setting(f'rnce N={n} K={k}', 'rnce', args.rnce, n, k, None)
                  for n, k in _rnce_settings(args.rnce_settings)]
     settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)

@@ -56,6 +56,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
                        '--warm-steps', '1', '--hold-steps', '1', '--ddim-steps', '2',
                        '--particles', '4', '--lean-warm', '2:1,1:1:2',
                        '--warm-start-times', '0.8', '--warm-particles', '4,2',
+                       '--warm-at', '2:2:0.7',
                        '--threads', '1', '--episode-seed', '777',
                        '--out', str(tmp_path)]) == 0
     assert set(seeds) == {777}          # every setting's one episode, on the asked seed
@@ -68,6 +69,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
                          'energyflow warm K=1 N=1 cold K=2',
                          'energyflow warm K=1 t=0.8', 'energyflow warm K=1 t=0.8 N=2',
+                         'energyflow warm K=2 t=0.7 N=2',
                          'rnce N=3 K=2', 'rnce N=2 K=0',
                          'diffusion DDIM-2'}
     for r in recs.values():
@@ -84,6 +86,9 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     assert recs['energyflow warm K=1 t=0.8']['warm_start_t'] == 0.8
     assert lean['warm_start_t'] is None and warm['warm_start_t'] is None
     assert (lean['n_particles'], lean['warm_steps'], lean['cold_steps']) == (2, 1, 20)
+    explicit = recs['energyflow warm K=2 t=0.7 N=2']
+    assert (explicit['n_particles'], explicit['warm_steps'], explicit['cold_steps'],
+            explicit['warm_start_t']) == (2, 2, 20, 0.7)
     short = recs['energyflow warm K=1 N=1 cold K=2']
     assert (short['n_particles'], short['warm_steps'], short['cold_steps']) == (1, 1, 2)
     table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
@@ -191,6 +196,11 @@ def test_lean_warm_settings_are_validated(bench, capsys):
     with pytest.raises(SystemExit):
         bench._parse(['--warm-particles', '8,0', '--energy', SCRIPT, '--ddim-steps', ''])
     assert "--warm-particles: '0' is not N with positive integers" in capsys.readouterr().err
+    assert bench._warm_at('16:5:0.7,1:3:0.6') == [(16, 5, 0.7), (1, 3, 0.6)]
+    for bad in ('4:3', '0:3:0.6', '4:0:0.6', '4:3:0', '4:3:1.5', '4:3:x', '4:3:0.6:1'):
+        with pytest.raises(SystemExit):
+            bench._parse(['--warm-at', bad, '--energy', SCRIPT, '--ddim-steps', ''])
+        assert f"--warm-at: '{bad}' is not N:K:t" in capsys.readouterr().err
 
 
 def test_a_thread_count_below_one_is_a_usage_error(bench, capsys):
