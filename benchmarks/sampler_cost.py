@@ -249,15 +249,12 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
     settings += [Setting(f'energyflow warm K={k} N={n}' + (f' cold K={c}' if c != 20 else ''),
                          'energyflow', args.energy, n, c, k, args.warm_extrapolation)
                  for n, k, c in _lean_warm(args.lean_warm)]
+    timed = [(n, k, t) for n in _ints(args.warm_particles) or [args.particles]
+             for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
     settings += [Setting(f'energyflow warm K={k} t={t:g}' + (f' N={n}' if n != args.particles
                                                              else ''),
                          'energyflow', args.energy, n, 20, k, args.warm_extrapolation, t)
-                 for n in _ints(args.warm_particles) or [args.particles]
-                 for t in _floats(args.warm_start_times) for k in _ints(args.warm_steps)]
-    settings += [Setting(f'energyflow warm K={k} t={t:g}' + (f' N={n}' if n != args.particles
-                                                             else ''),
-                         'energyflow', args.energy, n, 20, k, args.warm_extrapolation, t)
-                 for n, k, t in _warm_at(args.warm_at)]
+                 for n, k, t in timed + _warm_at(args.warm_at)]
     settings += [Setting(f'rnce N={n} K={k}', 'rnce', args.rnce, n, k, None)
                  for n, k in _rnce_settings(args.rnce_settings)]
     settings += [Setting(f'diffusion DDIM-{k}', 'diffusion', args.diffusion, None, k, None)
