@@ -11,6 +11,8 @@ exactly as the node does. Per setting: success, collisions, the task's headline 
 max coverage) and the planner's wall time per chunk. The task is the checkpoints' own. Episodes
 are interleaved across settings (episode i of every setting, then episode i + 1), so background
 load on a shared machine hits every setting alike; compare settings by ratios within one run.
+Episode i has seed ``--episode-seed`` + i (default: the trainer's evaluation seeds); settings
+chosen on one range are checked on another (``--warm-at N:K:t`` names a few warm settings).
 
 Results: ``<out>/sampler_cost-<task>-<device>.json`` (one record per setting with keys
 ``setting, method, n_particles, cold_steps, warm_steps, warm_extrapolation, warm_start_t (None:
