@@ -370,10 +370,12 @@ def _quality(r: dict[str, Any]) -> str:
 
 def comparisons(recs: list[dict[str, Any]]) -> list[str]:
     """The same-run ratios: warm vs cold default, cheapest EBM at the baseline's quality."""
-    cold = next(r for r in recs if r['method'] == 'energyflow' and r['warm_steps'] is None)
-    lines = []
+    cold = next((r for r in recs if r['method'] == 'energyflow' and r['warm_steps'] is None),
+                None)
+    lines = [] if cold else ['- No cold EnergyFlow setting ran (`--cold-steps`), so there are no '
+                             'warm-vs-cold ratios.']
     for r in recs:
-        if r['warm_steps'] is not None:
+        if r['warm_steps'] is not None and cold is not None:
             same = equal_quality(r, cold)
             lines.append(f"- {r['setting']} vs {cold['setting']}: per-chunk cost "
                          f"{cold['mean_ms'] / r['mean_ms']:.2f}x lower (mean; p99 "
@@ -402,13 +404,13 @@ def comparisons(recs: list[dict[str, Any]]) -> list[str]:
                          f"{_quality(base)}) = {best['mean_ms'] / base['mean_ms']:.2f}x the "
                          "baseline's cost.")
         # and the other way round: what the baseline pays for EnergyFlow's default quality
-        at_cold = [r for r in diffusion if equal_quality(r, cold)]
+        at_cold = [r for r in diffusion if cold is not None and equal_quality(r, cold)]
         if at_cold:
             best = min(at_cold, key=lambda r: r['mean_ms'])
             lines.append(f"- Cheapest diffusion setting at {cold['setting']}'s quality "
                          f"({_quality(cold)}): {best['setting']} ({_quality(best)}), "
                          f"{best['mean_ms']:.2f} ms per chunk.")
-        else:
+        elif cold is not None:
             lines.append(f"- No diffusion setting reached {cold['setting']}'s quality "
                          f"({_quality(cold)}).")
     return lines

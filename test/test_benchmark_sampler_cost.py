@@ -164,6 +164,22 @@ def test_the_baseline_is_its_cheapest_setting_at_its_reference_quality(bench):
     assert 'No diffusion setting reached energyflow cold' in bench.comparisons(recs)[-1]
 
 
+def test_a_run_without_a_cold_setting_still_compares_what_it_can(bench):
+    # used to raise StopIteration after every episode had run, losing the results
+    def rec(name, success, ms, warm=None):
+        return {'setting': name, 'method': name.split()[0], 'success': success, 'episodes': 50,
+                'metric_name': 'p1', 'metric_mean': success, 'metric_std': 0.1, 'mean_ms': ms,
+                'p99_ms': ms, 'warm_steps': warm, 'warm_mean_ms': ms}
+    recs = [rec('energyflow warm K=5 t=0.7', 0.8, 3.0, warm=5),
+            rec('energyflow warm K=3 t=0.6 N=1', 0.4, 0.6, warm=3),
+            rec('diffusion DDIM-10', 0.2, 0.6)]
+    lines = bench.comparisons(recs)
+    assert lines[0].startswith('- No cold EnergyFlow setting ran')
+    assert len(lines) == 2 and 'energyflow warm K=3 t=0.6 N=1' in lines[1]
+    assert '= 1.00x' in lines[1]
+    assert bench.comparisons(recs[:2]) == lines[:1]
+
+
 def test_a_missing_checkpoint_is_a_usage_error(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(['--energy', str(tmp_path / 'nope.pt'), '--ddim-steps', ''])
