@@ -374,14 +374,14 @@ def comparisons(recs: list[dict[str, Any]]) -> list[str]:
                 None)
     lines = [] if cold else ['- No cold EnergyFlow setting ran (`--cold-steps`), so there are no '
                              'warm-vs-cold ratios.']
-    for r in recs:
-        if r['warm_steps'] is not None and cold is not None:
-            same = equal_quality(r, cold)
-            lines.append(f"- {r['setting']} vs {cold['setting']}: per-chunk cost "
-                         f"{cold['mean_ms'] / r['mean_ms']:.2f}x lower (mean; p99 "
-                         f"{cold['p99_ms'] / r['p99_ms']:.2f}x; the warm-started chunks alone "
-                         f"{cold['mean_ms'] / r['warm_mean_ms']:.2f}x) at {_quality(r)} vs "
-                         f"{_quality(cold)} ({'equal' if same else 'lower'} quality).")
+    warm = [r for r in recs if r['warm_steps'] is not None] if cold is not None else []
+    for r in warm:
+        same = equal_quality(r, cold)
+        lines.append(f"- {r['setting']} vs {cold['setting']}: per-chunk cost "
+                     f"{cold['mean_ms'] / r['mean_ms']:.2f}x lower (mean; p99 "
+                     f"{cold['p99_ms'] / r['p99_ms']:.2f}x; the warm-started chunks alone "
+                     f"{cold['mean_ms'] / r['warm_mean_ms']:.2f}x) at {_quality(r)} vs "
+                     f"{_quality(cold)} ({'equal' if same else 'lower'} quality).")
     diffusion = [r for r in recs if r['method'] == 'diffusion']
     if diffusion:
         # the first DDIM setting (most steps) sets the quality; the baseline pays what its
@@ -403,14 +403,15 @@ def comparisons(recs: list[dict[str, Any]]) -> list[str]:
                          f"the cheapest diffusion setting at that quality ({base['setting']}, "
                          f"{_quality(base)}) = {best['mean_ms'] / base['mean_ms']:.2f}x the "
                          "baseline's cost.")
+    if diffusion and cold is not None:
         # and the other way round: what the baseline pays for EnergyFlow's default quality
-        at_cold = [r for r in diffusion if cold is not None and equal_quality(r, cold)]
+        at_cold = [r for r in diffusion if equal_quality(r, cold)]
         if at_cold:
             best = min(at_cold, key=lambda r: r['mean_ms'])
             lines.append(f"- Cheapest diffusion setting at {cold['setting']}'s quality "
                          f"({_quality(cold)}): {best['setting']} ({_quality(best)}), "
                          f"{best['mean_ms']:.2f} ms per chunk.")
-        elif cold is not None:
+        else:
             lines.append(f"- No diffusion setting reached {cold['setting']}'s quality "
                          f"({_quality(cold)}).")
     return lines
