@@ -61,6 +61,23 @@ def test_a_second_run_reuses_the_finished_training_runs(smoke):
             assert record[key] == old[record['method']][key]
 
 
+def test_seeds_split_across_commands_give_the_record_of_one_command(smoke, tmp_path, capsys):
+    root, argv = smoke
+    argv = [*argv, '--methods', 'mse', '--out', str(tmp_path)]   # the last --out counts
+    assert main([*argv, '--seeds', '1']) == 0
+    assert main([*argv, '--first-seed', '1', '--seeds', '1']) == 0
+    assert 'pooled with the recorded seeds: seeds [0, 1]' in capsys.readouterr().out
+    (split,) = json.loads((tmp_path / 'quality.json').read_text())['records']
+    (whole,) = [r for r in json.loads((root / 'results' / 'quality.json').read_text())[
+        'records'] if r['method'] == 'mse']
+    assert split['seeds'] == whole['seeds'] == [0, 1]
+    for key in ('success_mean', 'success_std', 'metric_mean', 'metric_std'):
+        assert split[key] == pytest.approx(whole[key]), key
+    assert split['metrics'].keys() == whole['metrics'].keys()
+    for name, value in whole['metrics'].items():
+        assert split['metrics'][name] == pytest.approx(value), name
+
+
 @pytest.mark.parametrize('method', ['rnce', 'mse', 'diffusion'])
 def test_widths_are_matched_to_a_parameter_budget(method):
     cfg = load_train_config(config_path('obstacles2d', None), [f'method={method}'])
@@ -95,6 +112,48 @@ def test_results_of_separate_commands_merge_by_task_and_method(tmp_path):
     table = (tmp_path / 'quality.md').read_text()
     assert 'full run on gpu box' in table
     assert 'Targets: best EBM p2 (both blocks in targets: the success column) >= 0.90.' in table
+
+
+def _runs(*values):
+    return [{'row': {'eval_success': s, 'eval_p1': m}, 'params': 10, 'train_s': t,
+             'infer_ms': t / 10} for s, m, t in values]
+
+
+def test_seeds_run_by_separate_commands_pool_as_if_run_together(tmp_path):
+    values = [(0.5, 0.7, 2.0), (0.75, 0.9, 4.0), (0.25, 0.2, 9.0)]
+    together = aggregate('blockpush', 'energyflow', [0, 1, 2], _runs(*values), 'p1')
+    settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1'], 'seeds': [0]}
+    write_results([aggregate('blockpush', 'energyflow', [0], _runs(values[0]), 'p1')],
+                  {'blockpush': settings}, str(tmp_path))
+    written = write_results(
+        [aggregate('blockpush', 'energyflow', [1, 2], _runs(*values[1:]), 'p1')],
+        {'blockpush': {**settings, 'seeds': [1, 2], 'machine': 'other box'}}, str(tmp_path))
+    data = json.loads((tmp_path / 'quality.json').read_text())
+    assert written == data['records'] and data['settings']['blockpush']['seeds'] == [0, 1, 2]
+    (pooled,) = data['records']
+    assert pooled['seeds'] == [0, 1, 2]
+    for key in ('success_mean', 'success_std', 'metric_mean', 'metric_std', 'train_s',
+                'infer_ms'):
+        assert pooled[key] == pytest.approx(together[key]), key
+    for name in ('success', 'p1'):
+        assert pooled['metrics'][name] == pytest.approx(together['metrics'][name])
+
+
+@pytest.mark.parametrize('change', ['overlapping seeds', 'other steps', 'other params'])
+def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, change):
+    settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1']}
+    write_results([aggregate('blockpush', 'mse', [0], _runs((1.0, 1.0, 1.0)), 'p1')],
+                  {'blockpush': settings}, str(tmp_path))
+    runs = _runs((0.0, 0.0, 1.0))
+    seeds = [0] if change == 'overlapping seeds' else [1]
+    if change == 'other params':
+        runs[0]['params'] = 11
+    if change == 'other steps':
+        settings = {**settings, 'steps': 90}
+    write_results([aggregate('blockpush', 'mse', seeds, runs, 'p1')], {'blockpush': settings},
+                  str(tmp_path))
+    (record,) = json.loads((tmp_path / 'quality.json').read_text())['records']
+    assert record['seeds'] == seeds and record['success_mean'] == 0.0
 
 
 def test_unknown_names_are_usage_errors(capsys):

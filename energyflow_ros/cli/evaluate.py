@@ -73,6 +73,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--methods', default=','.join(METHOD_ORDER),
                         help='comma-separated subset of the methods')
     parser.add_argument('--seeds', type=int, default=3, help='training seeds per method')
+    parser.add_argument('--first-seed', type=int, default=0,
+                        help='seeds run are first-seed .. first-seed + seeds - 1; records of '
+                             'other seeds already in quality.json with the same settings are '
+                             'pooled with them (seeds split across commands or machines)')
     parser.add_argument('--smoke', action='store_true', help='tiny settings for a CI check')
     parser.add_argument('--reference', default='energyflow',
                         help='method whose parameter count every method is matched to')
@@ -92,6 +96,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f'unknown {label}(s) {unknown}; allowed: {sorted(allowed)}')
     if args.seeds < 1:
         parser.error('--seeds must be >= 1')
+    if args.first_seed < 0:
+        parser.error('--first-seed must be >= 0')
     return args
 
 
@@ -221,6 +227,48 @@ def _task_configs(task: str, args: argparse.Namespace) -> dict[str, TrainConfig]
         for method in args.methods}
 
 
+def pool(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """One record over the seeds of ``old`` and ``new`` (disjoint), as if run together.
+
+    Means are weighted by the seed counts and the population standard deviations pooled
+    exactly (what :func:`aggregate` computes over all the runs at once); train s and infer ms
+    are the seed-weighted means.
+    """
+    n_old, n_new = len(old['seeds']), len(new['seeds'])
+
+    def both(m_old: float, s_old: float, m_new: float, s_new: float) -> tuple[float, float]:
+        mean = (n_old * m_old + n_new * m_new) / (n_old + n_new)
+        second = (n_old * (s_old ** 2 + m_old ** 2) + n_new * (s_new ** 2 + m_new ** 2)) / (
+            n_old + n_new)
+        return mean, max(0.0, second - mean ** 2) ** 0.5
+
+    success = both(old['success_mean'], old['success_std'], new['success_mean'],
+                   new['success_std'])
+    metric = both(old['metric_mean'], old['metric_std'], new['metric_mean'], new['metric_std'])
+    metrics = {name: dict(zip(('mean', 'std'), both(old['metrics'][name]['mean'],
+                                                    old['metrics'][name]['std'], m['mean'],
+                                                    m['std'])))
+               for name, m in new.get('metrics', {}).items() if name in old.get('metrics', {})}
+    weighted = {key: (n_old * old[key] + n_new * new[key]) / (n_old + n_new)
+                for key in ('train_s', 'infer_ms')}
+    return {**new, 'seeds': sorted(old['seeds'] + new['seeds']), 'success_mean': success[0],
+            'success_std': success[1], 'metric_mean': metric[0], 'metric_std': metric[1],
+            **weighted, 'metrics': metrics}
+
+
+# Settings that must agree for records of different seeds to be pooled (machine and torch may
+# differ: seeds split across machines).
+POOL_SETTINGS = ('mode', 'reference', 'overrides', 'episodes', 'device', 'steps')
+
+
+def _poolable(old: dict[str, Any] | None, new: dict[str, Any], old_settings: dict[str, Any],
+              settings: dict[str, Any]) -> bool:
+    return (old is not None and not set(old['seeds']) & set(new['seeds'])
+            and old['params'] == new['params'] and old['metric_name'] == new['metric_name']
+            and bool(settings) and all(old_settings.get(k) == settings.get(k)
+                                       for k in POOL_SETTINGS))
+
+
 def _cell(mean: float, std: float) -> str:
     return f'{mean:.3f} ± {std:.3f}'
 
@@ -260,23 +308,35 @@ def _markdown(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]]
 
 
 def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]],
-                  out: str) -> None:
+                  out: str) -> list[dict[str, Any]]:
     """Merge ``records`` into ``<out>/quality.json`` and rewrite ``quality.md`` (atomically).
 
     A record replaces an earlier one of the same task and method; ``settings`` are per task.
-    So tasks and methods can be run by separate commands (and machines) into one table.
+    So tasks and methods can be run by separate commands (and machines) into one table. An
+    earlier record of other seeds, run with the same settings (:data:`POOL_SETTINGS`), is
+    pooled with the new one instead (:func:`pool`). Returns ``records`` as written.
     """
     old = load_results(os.path.join(out, 'quality.json')) or {}
     old_settings = old.get('settings', {})
     if not all(isinstance(v, dict) for v in old_settings.values()):
         old_settings = {}     # a file from before settings were kept per task
-    merged = merge_records(old.get('records', []) if old_settings else [], records,
-                           lambda r: (r['task'], r['method']))
+    old_records = old.get('records', []) if old_settings else []
+    earlier = {(r['task'], r['method']): r for r in old_records}
+    records = [pool(earlier[(r['task'], r['method'])], r)
+               if _poolable(earlier.get((r['task'], r['method'])), r,
+                            old_settings.get(r['task'], {}), settings.get(r['task'], {}))
+               else r for r in records]
+    merged = merge_records(old_records, records, lambda r: (r['task'], r['method']))
     merged.sort(key=lambda r: (_task_order(r['task']), _method_order(r['method'])))
     settings = {**old_settings, **settings}
+    for task in settings:
+        seeds = sorted({s for r in merged if r['task'] == task for s in r['seeds']})
+        if seeds and 'seeds' in settings[task]:
+            settings[task] = {**settings[task], 'seeds': seeds}
     write_files(out, {'quality.json': json.dumps({'settings': settings, 'records': merged},
                                                  indent=2) + '\n',
                       'quality.md': _markdown(merged, settings)})
+    return records
 
 
 def _task_order(task: str) -> int:
@@ -291,27 +351,31 @@ def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) 
     """Train and evaluate every method on ``task``; the results files grow after each."""
     configs = _task_configs(task, args)
     info = task_info(task)
-    records = []
     for method, cfg in configs.items():
-        runs = []
-        for seed in range(args.seeds):
+        runs, seeds = [], list(range(args.first_seed, args.first_seed + args.seeds))
+        for seed in seeds:
             out_dir = os.path.join(args.runs_dir, common['mode'], task, method, f'seed{seed}')
             runs.append(run_one(dataclasses.replace(cfg, seed=seed, out_dir=out_dir)))
-        record = aggregate(task, method, list(range(args.seeds)), runs, info.metric_name)
+        record = aggregate(task, method, seeds, runs, info.metric_name)
         print(f"  {task:<12} {method:<11} success {record['success_mean']:.3f} ± "
               f"{record['success_std']:.3f}  {info.metric_name} {record['metric_mean']:.3f}  "
               f"params {record['params']:,}  train {record['train_s']:.1f} s  "
               f"infer {record['infer_ms']:.2f} ms", flush=True)
-        records.append(record)
         settings = {**common, 'episodes': cfg.eval.episodes, 'device': cfg.device,
                     'steps': cfg.optim.steps, 'observation': list(info.obs_names)}
-        write_results(records, {task: settings}, args.out)
+        written = write_results([record], {task: settings}, args.out)[0]
+        if written['seeds'] != seeds:
+            print(f"  {'':<12} {'':<11} pooled with the recorded seeds: seeds "
+                  f"{written['seeds']}, success {written['success_mean']:.3f} ± "
+                  f"{written['success_std']:.3f}  {info.metric_name} "
+                  f"{written['metric_mean']:.3f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: train and evaluate the grid, print a line per record, write the results."""
     args = _parse(argv)
-    common = {'mode': 'smoke' if args.smoke else 'full', 'seeds': list(range(args.seeds)),
+    common = {'mode': 'smoke' if args.smoke else 'full',
+              'seeds': list(range(args.first_seed, args.first_seed + args.seeds)),
               'reference': args.reference, 'overrides': list(args.overrides),
               'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
               'torch': torch.__version__}
