@@ -6,7 +6,7 @@ import pytest
 
 from energyflow_ros.cli.evaluate import (
     aggregate, config_path, main, matched_backbone, method_parameters, RECORD_KEYS,
-    SMOKE_PARAMS, task_chunk_spec, write_results,
+    SMOKE_PARAMS, target_status, task_chunk_spec, write_results,
 )
 from energyflow_ros.core.methods import METHODS
 from energyflow_ros.training.trainer import load_train_config
@@ -154,6 +154,42 @@ def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, c
                   str(tmp_path))
     (record,) = json.loads((tmp_path / 'quality.json').read_text())['records']
     assert record['seeds'] == seeds and record['success_mean'] == 0.0
+
+
+def _record(task, method, success, metric_name, metric, **metrics):
+    metrics = {'success': success, metric_name: metric, **metrics}
+    return {'task': task, 'method': method, 'seeds': [0], 'success_mean': success,
+            'success_std': 0.0, 'metric_name': metric_name, 'metric_mean': metric,
+            'metric_std': 0.0, 'metrics': {k: {'mean': v, 'std': 0.0} for k, v in metrics.items()}}
+
+
+def test_target_status_says_met_or_which_part_is_missed():
+    sides = {'first_side_above': 0.5, 'first_side_below': 0.5}
+    obstacles = [_record('obstacles2d', 'energyflow', 1.0, 'path_cost', 0.1, collision=0.0,
+                         **sides),
+                 _record('obstacles2d', 'rnce', 0.96, 'path_cost', 0.1, collision=0.02,
+                         **sides),
+                 _record('obstacles2d', 'ibc', 0.1, 'path_cost', 4.0, collision=1.0, **sides)]
+    assert target_status('obstacles2d', obstacles).startswith('Target **met**.')
+    assert 'Methods without a row here: irnce, diffusion, mse.' in target_status(
+        'obstacles2d', obstacles)
+    obstacles[1]['metrics']['collision']['mean'] = 0.05
+    assert 'missed**: rnce collision 0.050 > 0.03' in target_status('obstacles2d', obstacles)
+    assert 'rnce not run' in target_status('obstacles2d', obstacles[:1] + obstacles[2:])
+
+    pusht = [_record('pusht', 'energyflow', 0.5, 'max_coverage', 0.90),
+             _record('pusht', 'diffusion', 0.6, 'max_coverage', 0.92)]
+    assert "missed**: below diffusion's 0.920" in target_status('pusht', pusht)
+    assert target_status('pusht', pusht[:1]).startswith('Target **missed**: diffusion not run')
+    pusht[1]['metric_mean'] = 0.80
+    assert target_status('pusht', pusht).startswith('Target **met**.')
+
+    blockpush = [_record('blockpush', 'energyflow', 0.54, 'p1', 0.78, p2=0.54),
+                 _record('blockpush', 'ibc', 0.95, 'p1', 0.99)]      # no p2 recorded
+    for order in (blockpush, blockpush[::-1]):
+        assert 'missed**: best energyflow p2 0.540 < 0.90' in target_status('blockpush', order)
+    blockpush[1]['metrics']['p2'] = {'mean': 0.95, 'std': 0.0}
+    assert target_status('blockpush', blockpush).startswith('Target **met**.')
 
 
 def test_unknown_names_are_usage_errors(capsys):
