@@ -231,3 +231,27 @@ def test_a_model_of_another_observation_layout_is_refused_by_name():
                                          r"obstacles2d observes \[.*'goal_y'\]: retrain"):
         reward_eval.env_config('obstacles2d', model, 2)
     assert reward_eval.env_config('obstacles2d', load_model(MODEL, warm_up=False), 2).n_obs == 2
+
+
+def _rl(source, success, safe=None, steps=100):
+    record = {'task': 'obstacles2d', 'reward_source': source, 'env_steps': steps, 'gamma': 0.5,
+              'train_freq': 1, 'success_mean': success}
+    return record if safe is None else {**record, 'safe_success_mean': safe}
+
+
+def test_target_status_names_the_records_that_meet_or_miss_each_target():
+    check = {'task': 'obstacles2d', 'reward_variant': 'centered', 'sigma_name': 'min',
+             'model': 'm.onnx', 'spearman': 0.75, 'expert_outranks_pct': 89.0}
+    rl = [_rl('energyflow', 0.9, 0.9), _rl('energyflow', 0.2, 0.2), _rl('true', 1.0, 0.95),
+          _rl('gail', 0.95, 0.5), _rl('airl', 0.3, 0.1), _rl('true', 1.0, steps=50)]
+    lines = reward_eval.target_status({'checks': [check], 'rl': rl})
+    assert lines[0] == ('- obstacles2d, reward checks: **missed** (best centered at sigma min, '
+                        '`m.onnx`: Spearman +0.750, expert outranks 89.0 %).')
+    assert lines[1] == ('- obstacles2d, RL at gamma 0.5, 50 steps, 1 per update: not comparable '
+                        '(energyflow, gail, airl not run).')
+    assert lines[2].startswith('- obstacles2d, RL at gamma 0.5, 100 steps, 1 per update: '
+                               'success **missed**: extracted 0.900, true 1.000, GAIL 0.950')
+    assert '(not above gail 0.950); success without collision **met**: extracted 0.900' in lines[2]
+    check['expert_outranks_pct'] = 90.0
+    assert reward_eval.target_status({'checks': [check], 'rl': []})[0].startswith(
+        '- obstacles2d, reward checks: **met** (1 of 1 rows; centered')

@@ -265,7 +265,78 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{r['collision_mean']:.2f}{_per_seed(r, 'collision_per_seed')} | "
                      f"{_safe_success(r)} | "
                      f"{r['train_s']:.0f} |")
+    lines += ['', '## Targets', '', 'Reward checks: Spearman >= 0.7 against progress and the '
+              'expert outranking perturbed chunks >= 90 %. RL: the best extracted reward '
+              "reaches >= 0.8 x the true reward's success and beats GAIL and AIRL in the same "
+              'budget (success is the mean over seeds).', '', *target_status(result)]
     return '\n'.join(lines) + '\n'
+
+
+SPEARMAN_TARGET, OUTRANKS_TARGET, RL_RATIO_TARGET = 0.7, 90.0, 0.8
+
+
+def target_status(result: dict[str, Any]) -> list[str]:
+    """Lines saying, per task, whether the issue's targets are met and by which records.
+
+    Checks: some reward (variant, sigma, model) with Spearman >= 0.7 against progress and the
+    expert outranking perturbed chunks >= 90 % of the time. RL, within one budget (discount,
+    environment steps, update rate): the best extracted reward's success >= 0.8 x the true
+    reward's and above GAIL's and AIRL's.
+    """
+    lines = []
+    for task in sorted({r['task'] for r in result['checks'] + result['rl']}):
+        checks = [r for r in result['checks'] if r['task'] == task]
+        good = [r for r in checks if r['spearman'] >= SPEARMAN_TARGET
+                and r['expert_outranks_pct'] >= OUTRANKS_TARGET]
+        best = max(good or checks, key=lambda r: r['spearman'], default=None)
+        if best is None:
+            verdict = 'no checks run'
+        else:
+            verdict = ('**met**' if good else '**missed**') + (
+                f" ({len(good)} of {len(checks)} rows; " if good else ' (best ') + (
+                f"{best['reward_variant']} at sigma {best['sigma_name']}, "
+                f"`{best.get('model')}`: Spearman {best['spearman']:+.3f}, expert outranks "
+                f"{best['expert_outranks_pct']:.1f} %)")
+        lines.append(f'- {task}, reward checks: {verdict}.')
+        lines += [f'- {task}, RL at gamma {budget[0]}, {budget[1]} steps, {budget[2]} per '
+                  f'update: {text}.' for budget, text in _rl_status(task, result['rl'])]
+    return lines
+
+
+def _rl_status(task: str, records: list[dict[str, Any]]) -> list[tuple[tuple, str]]:
+    """Per budget of ``task``: the RL verdict on success, and on success without collision
+    where every source recorded it (obstacles2d: reaching the goal through an obstacle)."""
+    budgets: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if r['task'] == task:
+            budgets.setdefault((r.get('gamma', DEFAULT_GAMMA), r['env_steps'],
+                                r.get('train_freq', LEGACY_TRAIN_FREQ)), []).append(r)
+    out = []
+    for budget, rows in sorted(budgets.items()):
+        missing = [s for s in ('energyflow', 'true', 'gail', 'airl')
+                   if all(r['reward_source'] != s for r in rows)]
+        if missing:
+            out.append((budget, f"not comparable ({', '.join(missing)} not run)"))
+            continue
+        texts = [_rl_verdict(rows, key, label) for key, label in (
+            ('success_mean', 'success'), ('safe_success_mean', 'success without collision'))
+            if all(key in r for r in rows)]
+        out.append((budget, '; '.join(texts)))
+    return out
+
+
+def _rl_verdict(rows: list[dict[str, Any]], key: str, label: str) -> str:
+    best = {s: max(r[key] for r in rows if r['reward_source'] == s)
+            for s in ('energyflow', 'true', 'gail', 'airl')}
+    ours = best['energyflow']
+    misses = [f"{ours:.3f} < {RL_RATIO_TARGET} x true {best['true']:.3f}"
+              ] if ours < RL_RATIO_TARGET * best['true'] else []
+    misses += [f'not above {s} {best[s]:.3f}' for s in ('gail', 'airl') if not ours > best[s]]
+    if best['true'] <= 0.0:
+        misses.append('the true reward reaches none in this budget either')
+    return (f"{label} **{'missed' if misses else 'met'}**: extracted {ours:.3f}, true "
+            f"{best['true']:.3f}, GAIL {best['gail']:.3f}, AIRL {best['airl']:.3f}"
+            + (f" ({'; '.join(misses)})" if misses else ''))
 
 
 def _safe_success(record: dict[str, Any]) -> str:
