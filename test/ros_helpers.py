@@ -186,17 +186,27 @@ class Probe:
         """Current time as builtin_interfaces/Time."""
         return self.node.get_clock().now().to_msg()
 
-    def call(self, srv_type: type, name: str, request: Any, timeout: float = 10.0) -> Any:
-        """Call a service; returns the response (None on timeout)."""
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 10.0,
+             attempts: int = 1) -> Any:
+        """Call a service; returns the response (None when every attempt timed out).
+
+        ``attempts`` > 1 re-sends an idempotent request whose reply did not arrive: under load
+        a server can answer before its reply writer has matched this client, and DDS then
+        drops the reply.
+        """
         client = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 return None
-            future = client.call_async(request)
-            end = time.monotonic() + timeout
-            while not future.done() and time.monotonic() < end:
-                time.sleep(0.01)
-            return future.result() if future.done() else None
+            for _ in range(attempts):
+                future = client.call_async(request)
+                end = time.monotonic() + timeout
+                while not future.done() and time.monotonic() < end:
+                    time.sleep(0.01)
+                if future.done():
+                    return future.result()
+                client.remove_pending_request(future)
+            return None
         finally:
             self.node.destroy_client(client)
 

@@ -168,7 +168,10 @@ def unconfigured(rig, tmp_path_factory):
     node = NodeProcess('policy_node', params, DOMAIN, str(tmp_path_factory.mktemp('cfg')),
                        node_name='cfg_policy')
     cmds = probe.record(Float64MultiArray, '/cfg/cmd')
-    assert node.wait_for_log('', 1)
+    # a loaded 2-core machine can take a while to import and start the node
+    ready = probe.call(GetState, '/cfg_policy/get_state', GetState.Request(), timeout=30,
+                       attempts=3)
+    assert ready is not None, node.log()
     yield probe, node, cmds
     assert node.interrupt() == 0, node.log()
 
@@ -177,13 +180,13 @@ def configure_with(unconfigured, **params):
     probe, node, cmds = unconfigured
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
                                                 for k, v in params.items()])
-    response = probe.call(SetParameters, '/cfg_policy/set_parameters', request)
+    response = probe.call(SetParameters, '/cfg_policy/set_parameters', request, attempts=3)
     assert response is not None and all(r.successful for r in response.results)
     diag = probe.record(DiagnosticArray, '/diagnostics')
     change = ChangeState.Request()
     change.transition.id = Transition.TRANSITION_CONFIGURE
     result = probe.call(ChangeState, '/cfg_policy/change_state', change, timeout=30)
-    state = probe.call(GetState, '/cfg_policy/get_state', GetState.Request())
+    state = probe.call(GetState, '/cfg_policy/get_state', GetState.Request(), attempts=3)
     assert wait_until(lambda: any(m.status[0].hardware_id == 'cfg_policy' and
                                   m.status[0].level == DiagnosticStatus.ERROR
                                   for m in diag.since(0.0)), 5)

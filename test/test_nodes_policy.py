@@ -191,7 +191,7 @@ def test_deactivate_holds_once_and_activate_resumes(policy, probe, robot):
     t1 = time.monotonic()
     time.sleep(0.5)
     assert len(commands_since(rec, t1)) == 0
-    state = probe.call(GetState, '/policy_node/get_state', GetState.Request())
+    state = probe.call(GetState, '/policy_node/get_state', GetState.Request(), attempts=3)
     assert state.current_state.label == 'inactive'
     change.transition.id = Transition.TRANSITION_ACTIVATE
     assert probe.call(ChangeState, '/policy_node/change_state', change).success
