@@ -167,6 +167,35 @@ def test_finished_episodes_are_reported_and_the_limit_stops_the_sim(probe, tmp_p
         assert node.interrupt() == 0
 
 
+def test_wait_for_commands_holds_the_first_episode_until_a_commander_connects(probe, tmp_path):
+    params = {'task': 'obstacles2d', 'seed': 4, 'max_steps': 5, 'reset_pause_s': 0.0,
+              'wait_for_commands': True, 'status_topic': '/wait/status',
+              'episodes_topic': '/wait/episodes', 'joint_states_topic': '/wait/joint_states',
+              'pose_topic': '/wait/pose', 'forward_command_topic': '/wait/cmd',
+              'trajectory_topic': '/wait/traj'}
+    node = NodeProcess('sim_node', params, DOMAIN, str(tmp_path), node_name='wait_sim')
+    try:
+        status_rec = probe.record(String, '/wait/status')
+        states = probe.record(JointState, '/wait/joint_states')
+        assert wait_until(lambda: len(status_rec) > 10, 30), node.log()
+        time.sleep(1.0)  # 10 control periods: a sim that did not wait would have stepped
+        held = [json.loads(m.data) for m in status_rec.since(0.0)]
+        assert all(s['step'] == 0 and s['episode'] == 0 for s in held), held[-1]
+        probe.publisher(Float64MultiArray, '/wait/cmd')
+        assert wait_until(lambda: json.loads(status_rec.last().data)['step'] > 0
+                          or json.loads(status_rec.last().data)['episode'] > 0, 10), node.log()
+        assert 'a command publisher is connected: starting' in node.log()
+        # a step's status names the header stamp of the state that step published
+        time.sleep(0.3)
+        stepped = [s for s in (json.loads(m.data) for m in status_rec.since(0.0))
+                   if s['step'] > 0]
+        stamps = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                  for m in states.since(0.0)}
+        assert stepped and all(s['state_stamp_ns'] in stamps for s in stepped), stepped
+    finally:
+        assert node.interrupt() == 0
+
+
 def test_pusht_pose_carries_the_block_angle(probe, tmp_path):
     pytest.importorskip('gym_pusht', reason='gym-pusht is not installed')
     params = {'task': 'pusht', 'seed': 1, 'reset_pause_s': 60.0,  # never steps: obs = reset

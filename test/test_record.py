@@ -30,7 +30,7 @@ def _record(tmp_path, storage: str, episodes: int = 2) -> dict:
         [sys.executable, '-m', 'energyflow_ros.cli.record', '--task', 'obstacles2d',
          '--episodes', str(episodes), '--seed', '5', '--storage', storage, '--out', str(out),
          '--timeout', '120'], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index('{'):])
 
 
@@ -43,6 +43,7 @@ def recordings(tmp_path_factory):
 def test_bag_reads_back_into_the_pairs_the_expert_used(recordings):
     summary = recordings['mcap']
     assert summary['bag_matches_npz'] and summary['frames_dropped_on_read'] == 0
+    assert summary['episodes_joined_late'] == []  # the sim waited for the driver
     assert summary['episodes'] == 2 and summary['messages']['/demo/episode'] >= 2
     demos = DemoSet.load_npz(summary['npz'])
     read, _ = read_rosbag(summary['bag'], yaml.safe_load(open(summary['bag_spec'])))

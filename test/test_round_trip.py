@@ -30,7 +30,7 @@ def recording(tmp_path_factory):
         [sys.executable, '-m', 'energyflow_ros.cli.record', '--task', 'obstacles2d',
          '--episodes', '30', '--seed', '100', '--time-scale', '5', '--out', str(out),
          '--timeout', '150'], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index('{'):])
 
 

@@ -3,14 +3,16 @@
 It starts ``sim_node`` (the simulated arm) in its own process, drives it with the task's
 scripted expert over real DDS — reading ``/joint_states`` and ``/task/object_pose``, sending
 ``/forward_position_controller/commands`` — and records what ``ros2 bag record`` would have
-recorded (every message with its receive time) with the ``rosbags`` writer. Next to the bag it
+recorded (every message with its receive time; the driver's own commands with their send time,
+as the recorder is the process that sends them) with the ``rosbags`` writer. Next to the bag it
 writes ``bag_spec.yaml`` (how the trainer reads it) and ``demos.npz`` (the observation/action
 pairs the expert actually used), and it checks that reading the bag gives identical arrays.
 
 One command per simulator step: the expert acts when the status of a new step has arrived
-together with the joint state and pose of that step (equal header stamps, newer than the last
-ones used), and publishes the episode number on ``/demo/episode`` (once per episode,
-received back before the episode's first command is sent).
+together with the joint state and pose of that step (equal header stamps, not older than the
+step's ``state_stamp_ns`` and newer than the last ones used), and publishes the episode
+number on ``/demo/episode`` (once per episode, received back before the episode's first command
+is sent).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Int32, String
 import yaml
@@ -85,19 +87,19 @@ class ExpertDriver(Node):
         self.marked: int | None = None
         self.last_stamp = -1
         self.frames: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.joined_late: list[int] = []  # episodes whose first frame is past their step 0
         self.finished = threading.Event()
         self.command_pub = self.create_publisher(Float64MultiArray, TOPICS['command'],
                                                  command_qos())
         self.episode_pub = self.create_publisher(Int32, TOPICS['episode'], reliable_qos())
         for key, cls, qos in (('joints', JointState, 10), ('pose', PoseStamped, 10),
                               ('status', String, reliable_qos()),
-                              ('command', Float64MultiArray, command_qos()),
                               ('episode', Int32, reliable_qos())):
             self.create_subscription(cls, TOPICS[key], self._callback(key, cls), qos, raw=True)
 
     def _callback(self, key: str, cls: type) -> Any:
         # raw subscriptions hand over the CDR bytes as they came off the wire, which is what
-        # ros2 bag record stores (rclpy's serialize_message pads the buffer).
+        # ros2 bag record stores (the driver's own commands are serialised as they are sent).
         def on_message(raw: bytes) -> None:
             now = self.get_clock().now().nanoseconds
             self.recorder.add(TOPICS[key], TYPES[key], now, raw)
@@ -110,8 +112,7 @@ class ExpertDriver(Node):
                     self.finished.set()
             elif key == 'episode':
                 self.marked = msg.data
-            if key != 'command':
-                self._maybe_act()
+            self._maybe_act()
         return on_message
 
     def _state(self) -> tuple[int, np.ndarray] | None:
@@ -132,8 +133,9 @@ class ExpertDriver(Node):
             return
         key = (int(status['episode']), int(status['step']))
         stamp, obs = state
-        if key == self.acted or stamp <= self.last_stamp:
-            return
+        if (key == self.acted or stamp <= self.last_stamp
+                or stamp < int(status.get('state_stamp_ns', 0))):
+            return  # acted on this step already, or the state predates the step
         if self.marked != key[0]:
             # announce the episode and act once its marker has come back, so that the
             # marker's receive time precedes the first command's in the recording
@@ -141,8 +143,15 @@ class ExpertDriver(Node):
             return
         if self.acted is None or key[0] != self.acted[0]:
             self.expert.reset(int(status['seed']))
+            if key[1] > 0:
+                self.joined_late.append(key[0])
         action = np.asarray(self.expert.act(obs), dtype=np.float64)
-        self.command_pub.publish(Float64MultiArray(data=[float(v) for v in action]))
+        command = Float64MultiArray(data=[float(v) for v in action])
+        self.command_pub.publish(command)
+        # logged as sent, so that the bag orders it after the state it answers (its loop-back
+        # can arrive after the next state under load, which would pair it with that state)
+        self.recorder.add(TOPICS['command'], TYPES['command'],
+                          self.get_clock().now().nanoseconds, serialize_message(command))
         self.acted, self.last_stamp = key, stamp
         self.frames.append((key[0], obs, action))
 
@@ -164,15 +173,17 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     bag_path = os.path.join(args.out, f'bag_{args.storage}')
     recorder = BagRecorder(bag_path, args.storage)
-    sim = None if args.no_sim else start_node('sim_node', {
-        'task': args.task, 'seed': args.seed, 'episodes': args.episodes, 'reset_pause_s': 0.3,
-        'time_scale': args.time_scale})
     rclpy.init()
-    driver = None
+    driver = sim = None
     try:
+        # the simulator holds its first episode until the driver's command publisher is
+        # connected, so that the driver sees that episode from its first step
         driver = ExpertDriver(args.task, recorder)
         executor = SingleThreadedExecutor()
         executor.add_node(driver)
+        sim = None if args.no_sim else start_node('sim_node', {
+            'task': args.task, 'seed': args.seed, 'episodes': args.episodes,
+            'reset_pause_s': 0.3, 'time_scale': args.time_scale, 'wait_for_commands': True})
         deadline = time.monotonic() + args.timeout
         while not driver.finished.is_set() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
@@ -192,7 +203,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         rclpy.try_shutdown()
         if sim is not None:
             stop_nodes([sim])
-    return _write_outputs(args, recorder, demos)
+    return {**_write_outputs(args, recorder, demos), 'episodes_joined_late': driver.joined_late}
 
 
 def _write_outputs(args: argparse.Namespace, recorder: BagRecorder,

@@ -7,7 +7,9 @@ rate) the node steps the task with the latest valid command, then publishes:
 * ``/joint_states`` (sensor_msgs/JointState, by name; also at ``publish_rate_hz`` if faster);
 * ``/task/object_pose`` (geometry_msgs/PoseStamped): the rest of the observation (obstacles2d:
   the goal x, y; pusht: the block x, y and its yaw, from the angle's cosine and sine);
-* ``/task/status`` (std_msgs/String, JSON): episode, seed, step, done, success, metrics;
+* ``/task/status`` (std_msgs/String, JSON): episode, seed, step, done, success, metrics, and
+  ``state_stamp_ns``, the header stamp of the joint state and pose that step published (later
+  republications between steps carry the same state with newer stamps);
 * ``/task/episodes`` (std_msgs/String, JSON, transient local): one summary per finished
   episode, so late subscribers still see every result.
 
@@ -17,7 +19,9 @@ JointTrajectory, by name, sampled at each step by time from its start). A comman
 length, with unknown joints or non-finite values is rejected with a log line; the previous
 target is kept. Episodes reset with the next seed when done (``episodes`` > 0 stops after that
 many); ``~/reset`` (std_msgs/Empty topic, plus a std_srvs/Trigger service where std_srvs is
-installed) starts a new episode at once.
+installed) starts a new episode at once. With ``wait_for_commands`` the first episode is held
+(its state published, not stepped) until a command publisher is connected, so that a driver
+started alongside sees it from its first step.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class SimNode(Node):
         self.rejected = 0
         self._target: np.ndarray | None = None
         self._trajectory: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._waiting = bool(p['wait_for_commands'])
         self._create_interfaces()
         self._reset_episode()
         self.create_timer(self.period, self._step)
@@ -131,6 +136,9 @@ class SimNode(Node):
                                   TIME_SCALE_RANGE, read_only=True),
             'reset_pause_s': declare(self, 'reset_pause_s', 0.5, 'state is published but not '
                                      'stepped this long after a reset', (0.0, 60.0)),
+            'wait_for_commands': declare(self, 'wait_for_commands', False, 'hold the first '
+                                         'episode until a command publisher is connected '
+                                         '(then pause reset_pause_s)'),
         }
 
     def _pose_indices(self, names: Any) -> tuple[int, ...]:
@@ -203,7 +211,7 @@ class SimNode(Node):
         self._target, self._trajectory = None, None
         self._pause_until = self.get_clock().now().nanoseconds * 1e-9 + self.params[
             'reset_pause_s']
-        self._publish_state()
+        self._state_stamp_ns = self._publish_state()
         self._publish_status()
 
     def _on_forward(self, msg: Float64MultiArray) -> None:
@@ -243,9 +251,18 @@ class SimNode(Node):
         """Current joint positions, in joint order."""
         return self._obs[self._joint_idx]
 
+    def _command_publishers(self) -> int:
+        p = self.params
+        return (self.count_publishers(p['forward_command_topic'])
+                + self.count_publishers(p['trajectory_topic']))
+
     def _step(self) -> None:
         now = self.get_clock().now().nanoseconds * 1e-9
-        if self.finished or now < self._pause_until:
+        if self._waiting and self._command_publishers():
+            self._waiting = False
+            self._pause_until = now + self.params['reset_pause_s']
+            self.get_logger().info('a command publisher is connected: starting')
+        if self.finished or self._waiting or now < self._pause_until:
             self._publish_state()
             self._publish_status()
             return
@@ -264,7 +281,7 @@ class SimNode(Node):
         self._obs = np.asarray(result.obs, dtype=np.float64)
         self._step_count += 1
         self._done, self._success = bool(result.done), bool(result.success)
-        self._publish_state()
+        self._state_stamp_ns = self._publish_state()
         self._publish_status()
         if self._done:
             self._publish_episode()
@@ -273,6 +290,7 @@ class SimNode(Node):
         return {'task': self.task.info.name, 'episode': self.episode, 'seed': self._seed,
                 'step': self._step_count, 'done': self._done, 'success': self._success,
                 'finished': self.finished, 'commands_rejected': self.rejected,
+                'state_stamp_ns': self._state_stamp_ns,
                 'metrics': self.task.episode_metrics()}
 
     def _publish_between_steps(self) -> None:
@@ -280,7 +298,8 @@ class SimNode(Node):
         if now - self._last_publish >= 0.75 * self._publish_period:
             self._publish_state()
 
-    def _publish_state(self) -> None:
+    def _publish_state(self) -> int:
+        """Publish the joint state and pose; returns their header stamp (ns)."""
         stamp = self._stamp()
         self._last_publish = stamp.sec + stamp.nanosec * 1e-9
         self.joint_pub.publish(make_joint_state(self.joint_names, self.joint_positions(),
@@ -292,6 +311,7 @@ class SimNode(Node):
             yaw = values[2] if len(values) == 3 else 0.0
         self.pose_pub.publish(make_pose_stamped(values[0], values[1], yaw, stamp,
                                                 self.params['frame_id']))
+        return stamp.sec * 10**9 + stamp.nanosec
 
     def _publish_status(self) -> None:
         self.status_pub.publish(String(data=json.dumps(self._status())))
