@@ -181,6 +181,7 @@ def test_wait_for_commands_holds_the_first_episode_until_a_commander_connects(pr
         time.sleep(1.0)  # 10 control periods: a sim that did not wait would have stepped
         held = [json.loads(m.data) for m in status_rec.since(0.0)]
         assert all(s['step'] == 0 and s['episode'] == 0 for s in held), held[-1]
+        assert 'holding episode 0 until a publisher on /wait/cmd' in node.log()
         probe.publisher(Float64MultiArray, '/wait/cmd')
         assert wait_until(lambda: json.loads(status_rec.last().data)['step'] > 0
                           or json.loads(status_rec.last().data)['episode'] > 0, 10), node.log()

@@ -98,6 +98,10 @@ class SimNode(Node):
             f'task {info.name}: joints {list(self.joint_names)}, limits {self.lower.tolist()} '
             f'.. {self.upper.tolist()}, {info.control_hz:g} Hz x {p["time_scale"]:g}, '
             f'seed {p["seed"]}')
+        if self._waiting:
+            self.get_logger().info(
+                f'wait_for_commands: holding episode 0 until a publisher on '
+                f'{p["forward_command_topic"]} or {p["trajectory_topic"]} is connected')
 
     def _declare_parameters(self) -> None:
         self.params: dict[str, Any] = {
