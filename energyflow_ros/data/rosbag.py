@@ -33,6 +33,7 @@ from energyflow_ros.data.bag_config import (
     BOOL, JOINT_STATE, JOINT_TRAJECTORY, POINT_CLOUD, POSE_AXES, POSE_STAMPED, ActionSpec,
     BagSpec, heading_values, StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
+from energyflow_ros.data.pointcloud import cloud_points
 
 __all__ = ['read_rosbag', 'pose_field_values']
 
@@ -181,36 +182,6 @@ class _PoseValues(_Extractor):
 
     def dim_names(self) -> list[str]:
         return [f'{f}/{a}'.rstrip('/') for f in self.fields for a in POSE_AXES[f]]
-
-
-# sensor_msgs/PointField datatypes -> numpy
-_POINT_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4', 8: 'f8'}
-
-
-def cloud_points(msg: Any, fields: tuple[str, ...]) -> np.ndarray:
-    """(P, len(fields)) float64 values of the finite points of a PointCloud2, in order.
-
-    Raises:
-        ValueError: a field is missing or of an unknown datatype.
-    """
-    layout = {f.name: f for f in msg.fields}
-    missing = [f for f in fields if f not in layout]
-    if missing:
-        raise ValueError(f'PointCloud2 lacks fields {missing} (it has {sorted(layout)})')
-    order = '>' if msg.is_bigendian else '<'
-    n = int(msg.width) * int(msg.height)
-    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)[:n * msg.point_step]
-    rows = raw.reshape(n, msg.point_step)
-    columns = []
-    for name in fields:
-        f = layout[name]
-        if f.datatype not in _POINT_TYPES:
-            raise ValueError(f'PointCloud2 field {name!r} has unknown datatype {f.datatype}')
-        dtype = np.dtype(order + _POINT_TYPES[f.datatype])
-        cell = np.ascontiguousarray(rows[:, f.offset:f.offset + dtype.itemsize])
-        columns.append(cell.view(dtype)[:, 0].astype(np.float64))
-    points = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
-    return points[np.isfinite(points).all(axis=1)]
 
 
 class _CloudValues(_Extractor):

@@ -4,8 +4,9 @@ Joint states are always matched **by name**: the order of names on ``/joint_stat
 guaranteed. Pose fields are named (``x``, ``y``, ``z``, ``yaw``, ``yaw_2pi``, ``yaw_cos``,
 ``yaw_sin``, ``roll``, ``pitch``, ``qx`` .. ``qw``) so a planar object pose reads as the
 simulator's numbers.
-PointCloud2 goes through ``sensor_msgs_py.point_cloud2``, imported only when a cloud stream
-is configured.
+PointCloud2 is decoded by :func:`~energyflow_ros.data.pointcloud.cloud_points`, the bag
+reader's decoder, which reads clouds of mixed field types (``sensor_msgs_py``'s
+``read_points_numpy`` refuses them) and needs no ``sensor_msgs_py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from energyflow_ros.data.bag_config import HEADINGS, heading_values
+from energyflow_ros.data.pointcloud import cloud_points
 
 __all__ = [
     'POSE_FIELDS', 'stamp_to_sec', 'sec_to_stamp', 'sec_to_duration', 'duration_to_sec',
@@ -66,7 +68,7 @@ def _roll_pitch(q: Any) -> tuple[float, float]:
     """(roll, pitch) of a geometry_msgs/Quaternion (ZYX convention; the heading about z:
     :func:`~energyflow_ros.data.bag_config.heading_values`)."""
     roll = math.atan2(2.0 * (q.w * q.x + q.y * q.z), 1.0 - 2.0 * (q.x * q.x + q.y * q.y))
-    sinp = max(-1.0, min(1.0, 2.0 * (q.w * q.y - q.z * q.x)))
+    sinp = float(np.clip(2.0 * (q.w * q.y - q.z * q.x), -1.0, 1.0))  # keeps a NaN a NaN
     return roll, math.asin(sinp)
 
 
@@ -147,23 +149,15 @@ def pointcloud_values(msg: Any, fields: Sequence[str], n_points: int) -> np.ndar
     """Summarise a sensor_msgs/PointCloud2 as a fixed-length vector.
 
     Args:
-        msg: the cloud.
+        msg: the cloud (any field types; only ``fields`` are read).
         fields: point fields to read, e.g. ``('x', 'y', 'z')``.
         n_points: 0 for the centroid of the finite points (len(fields) values); k > 0 for the
             first k finite points flattened (k * len(fields) values).
 
     Raises:
-        ImportError: sensor_msgs_py is not installed.
-        ValueError: the cloud has too few finite points or lacks a field.
+        ValueError: the cloud has too few finite points, lacks a field or is malformed.
     """
-    from sensor_msgs_py import point_cloud2  # lazy: only cloud streams need it
-
-    present = {f.name for f in msg.fields}
-    missing = [f for f in fields if f not in present]
-    if missing:
-        raise ValueError(f'PointCloud2 lacks fields {missing} (it has {sorted(present)})')
-    points = point_cloud2.read_points_numpy(msg, field_names=list(fields), skip_nans=True)
-    points = np.asarray(points, dtype=np.float64).reshape(-1, len(fields))
+    points = cloud_points(msg, fields)
     need = max(n_points, 1)
     if len(points) < need:
         raise ValueError(f'PointCloud2 has {len(points)} finite points, need {need}')
