@@ -305,38 +305,75 @@ def test_trajectory_by_name_reorders_and_rejects_unknown_joints():
         trajectory_by_name(msg, ['a', 'b'])
 
 
-def test_pointcloud_stream_needs_sensor_msgs_py():
-    import importlib.util
+def make_cloud(fields, rows, point_step, height=1, row_step=None, pad=0):
+    """A PointCloud2 built by hand: ``fields`` (name, offset, datatype), ``rows`` of values."""
+    from sensor_msgs.msg import PointCloud2, PointField
 
-    from energyflow_ros.nodes.model_loader import ConfigError
-    from energyflow_ros.nodes.observers import ObservationInputs
-    from energyflow_ros.nodes.params import StreamConfig
+    codes = {2: 'u1', 4: 'u2', 7: 'f4', 8: 'f8'}
+    width = len(rows) // height
+    row_step = width * point_step + pad if row_step is None else row_step
+    data = bytearray(height * row_step)
+    for i, row in enumerate(rows):
+        base = (i // width) * row_step + (i % width) * point_step
+        for (name, offset, code), value in zip(fields, row):
+            cell = np.array([value], dtype='<' + codes[code]).tobytes()
+            data[base + offset:base + offset + len(cell)] = cell
+    return PointCloud2(height=height, width=width, point_step=point_step, row_step=row_step,
+                       is_bigendian=False, is_dense=False, data=bytes(data),
+                       fields=[PointField(name=n, offset=o, datatype=c, count=1)
+                               for n, o, c in fields])
 
-    stream = StreamConfig('cloud', 'pointcloud', '/cloud', ('x', 'y', 'z'),
-                          ('cx', 'cy', 'cz'), 0.5, 'header', 0)
-    if importlib.util.find_spec('sensor_msgs_py') is None:
-        with pytest.raises(ConfigError, match='sensor_msgs_py is not installed'):
-            ObservationInputs._pointcloud_type(stream)
-    else:
-        assert ObservationInputs._pointcloud_type(stream).__name__ == 'PointCloud2'
+
+LIDAR = [('x', 0, 7), ('y', 4, 7), ('z', 8, 7), ('intensity', 12, 7), ('ring', 16, 4)]
 
 
-def test_pointcloud_centroid_and_first_points():
-    point_cloud2 = pytest.importorskip(
-        'sensor_msgs_py.point_cloud2', reason='sensor_msgs_py is not installed (no PyPI '
-        'wheel); PointCloud2 streams need it on a real ROS 2 install')
-    from std_msgs.msg import Header
-
+def test_pointcloud_centroid_and_first_points_of_a_mixed_type_lidar_cloud():
     from energyflow_ros.nodes.messages import pointcloud_values
 
-    points = [(1.0, 2.0, 3.0), (3.0, 4.0, 5.0), (float('nan'), 0.0, 0.0)]
-    cloud = point_cloud2.create_cloud_xyz32(Header(frame_id='map'), points)
+    rows = [(1.0, 2.0, 3.0, 9.0, 1), (3.0, 4.0, 5.0, 9.0, 2), (float('nan'), 0.0, 0.0, 0.0, 3)]
+    cloud = make_cloud(LIDAR, rows, point_step=18)  # float32 x/y/z/intensity + uint16 ring
     np.testing.assert_allclose(pointcloud_values(cloud, ['x', 'y', 'z'], 0), [2.0, 3.0, 4.0])
     np.testing.assert_allclose(pointcloud_values(cloud, ['x', 'y'], 2), [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(pointcloud_values(cloud, ['ring'], 0), [2.0])
     with pytest.raises(ValueError, match='need 3'):
         pointcloud_values(cloud, ['x'], 3)
     with pytest.raises(ValueError, match="lacks fields \\['rgb'\\]"):
         pointcloud_values(cloud, ['rgb'], 0)
+    # organised 2 x 2 with 6 padding bytes per row: the padding is skipped
+    organised = make_cloud(LIDAR, rows[:2] * 2, point_step=18, height=2, pad=6)
+    np.testing.assert_allclose(pointcloud_values(organised, ['x', 'y', 'z'], 4),
+                               [1, 2, 3, 3, 4, 5, 1, 2, 3, 3, 4, 5])
+
+
+@pytest.mark.parametrize('change, match', [
+    ({'data': bytes(20)}, 'data holds 20 bytes, height 1 x row_step 54 = 54 expected'),
+    ({'row_step': 30}, 'row_step 30 is shorter than width 3 x point_step 18'),
+    ({'point_step': 14}, "field 'ring' \\(offset 16, 2 bytes\\) lies outside the 14-byte point"),
+    ({'fields': 'unknown type'}, "field 'x' has unknown datatype 42"),
+])
+def test_a_malformed_pointcloud_is_a_value_error_naming_the_problem(change, match):
+    from sensor_msgs.msg import PointField
+
+    from energyflow_ros.nodes.messages import pointcloud_values
+
+    cloud = make_cloud(LIDAR, [(1.0, 2.0, 3.0, 0.0, 1)] * 3, point_step=18)
+    for key, value in change.items():
+        if key == 'fields':
+            value = [PointField(name='x', offset=0, datatype=42, count=1)]
+        if key == 'point_step':
+            cloud.row_step = 0
+        setattr(cloud, key, value)
+    with pytest.raises(ValueError, match=match):
+        pointcloud_values(cloud, ['x', 'ring'] if key == 'point_step' else ['x'], 0)
+
+
+def test_a_nan_orientation_gives_nan_angles_not_a_finite_pitch():
+    from energyflow_ros.nodes.messages import make_pose_stamped, pose_values, sec_to_stamp
+
+    msg = make_pose_stamped(0.1, 0.2, 0.3, sec_to_stamp(1.0))
+    msg.pose.orientation.y = float('nan')
+    values = pose_values(msg, ['x', 'roll', 'pitch'])
+    assert values[0] == pytest.approx(0.1) and np.isnan(values[1:]).all()
 
 
 def test_a_model_whose_warm_up_plan_is_not_finite_is_refused(monkeypatch):
@@ -387,7 +424,7 @@ class InProcessNode:
     def activate(self):
         node = self.node
         node.trigger_configure()
-        node._worker.start = lambda: None  # planned by hand in run()
+        node._worker._run = lambda stop: stop.wait()  # an idle thread: planned in run()
         node._worker._poll_s = 0.0
         node._publish = self.cmds.append
         node.trigger_activate()
@@ -459,5 +496,37 @@ def test_an_arm_far_outside_its_limits_gets_no_command_and_an_error_naming_the_j
         resumed = [cmd for cmd in harness.cmds[sent:] if cmd is not None]
         assert resumed and resumed[0][0] == pytest.approx(0.8, abs=0.012)  # eased in from it
         assert 'outside the limits' not in harness.node._level()[1]
+    finally:
+        harness.close()
+
+
+def test_after_the_clock_goes_back_the_old_plan_is_dropped_and_planning_resumes():
+    harness = InProcessNode()
+    try:
+        node = harness.node
+        harness.activate()
+        harness.run(10)
+        plans = node._worker.stats.plans
+        assert plans and harness.cmds[-1] is not None
+        harness.at(1.0)  # a simulator reset: ROS time 100 s -> 1 s
+        harness.run(20)
+        assert node._worker.stats.plans > plans  # planned again on the new timeline
+        assert node.queue.current.start_time < 5.0  # a plan of the new timeline
+        assert node._level() == ('ok', 'running')
+    finally:
+        harness.close()
+
+
+def test_a_stopped_planning_thread_holds_the_arm_and_says_so():
+    harness = InProcessNode()
+    try:
+        node = harness.node
+        harness.activate()
+        harness.run(5)
+        assert node._worker.stop()  # as if the thread had died
+        harness.run(3)
+        level, message = node._level()
+        assert level == 'error' and 'planning thread has stopped' in message, message
+        np.testing.assert_allclose(harness.cmds[-1], [0.5, 0.5])  # the measured position
     finally:
         harness.close()

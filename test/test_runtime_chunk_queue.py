@@ -205,3 +205,79 @@ def test_a_plan_sampled_across_a_clear_is_discarded_and_the_next_starts_cold():
     assert queue.current is None and worker.stats.discarded == 1 and worker.stats.plans == 1
     assert worker.plan_once()  # same observation, empty queue: plans again, cold
     assert calls == [None, 1, None] and queue.current.actions[0, 0] == 2.0
+
+
+def test_after_a_failed_plan_the_next_starts_cold_then_warm_again():
+    clock = FakeClock(0.0)
+    calls = []
+    results = iter([(np.zeros((8, 1)), 0.0), (np.full((8, 1), np.nan), 0.0)])
+
+    def plan_fn(obs, shift):  # a sampler that keeps its failed chunk as the warm start
+        calls.append(shift)
+        return next(results, (np.zeros((8, 1)), 0.0))
+    worker, history, queue = make_worker(clock, plan_fn)
+    for t in (0.0, 0.1, 0.2, 0.3):
+        history.update('j', np.array([t]), t, now=t)
+        clock.t = t
+        worker.plan_once()
+    assert worker.stats.failures == 1 and worker.stats.plans == 3
+    # cold, warm (fails), cold although a plan is current, warm again
+    assert calls == [None, 1, None, 1]
+
+
+def test_a_sampler_call_in_flight_at_stop_is_waited_for_not_run_twice():
+    import threading
+
+    clock = FakeClock(0.0)
+    inside, release = threading.Event(), threading.Event()
+    active, most = [0], [0]
+
+    def slow_plan(obs, shift):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        inside.set()
+        release.wait(5.0)
+        active[0] -= 1
+        return np.zeros((8, 1)), 0.0
+    worker, history, queue = make_worker(clock, slow_plan)
+    history.update('j', np.array([0.0]), 0.0, now=0.0)
+    worker.start()
+    try:
+        assert inside.wait(5.0)
+        assert not worker.stop(timeout=0.05)  # still inside the sampler
+        with pytest.raises(RuntimeError, match='still inside the sampler'):
+            worker.start(timeout=0.05)
+        threading.Timer(0.1, release.set).start()
+        worker.start(timeout=5.0)  # waits for the old thread to return, then starts one
+        assert worker.stats.discarded == 1  # its plan was made before the stop: dropped
+        planners = [t for t in threading.enumerate() if t.name == 'energyflow-planner']
+        assert len(planners) == 1 and worker.running
+        for _ in range(400):
+            if queue.current is not None:
+                break
+            time.sleep(0.005)
+        assert queue.current is not None and most[0] == 1
+    finally:
+        release.set()
+        assert worker.stop()
+
+
+def test_an_error_outside_the_sampler_is_counted_and_the_thread_lives_on():
+    clock = FakeClock(0.0)
+    worker, history, queue = make_worker(clock, lambda obs, shift: (np.zeros((8, 1)), 0.0))
+
+    def broken_publisher(plan):
+        raise RuntimeError('publisher destroyed')
+    worker.on_plan = broken_publisher
+    history.update('j', np.array([0.0]), 0.0, now=0.0)
+    worker.start()
+    try:
+        for _ in range(400):
+            if worker.stats.failures:
+                break
+            time.sleep(0.005)
+        assert 'planning raised RuntimeError: publisher destroyed' in worker.stats.last_error
+        time.sleep(0.05)
+        assert worker.running
+    finally:
+        assert worker.stop()

@@ -251,3 +251,24 @@ def test_a_renamed_model_without_its_warm_file_is_refused_when_warm_start_is_ask
         shutil.copy(tiny['energyflow'][0].replace('.onnx', f'.{suffix}.onnx'),
                     renamed.replace('.onnx', f'.{suffix}.onnx'))
     assert ChunkPlanner(load_model(renamed)).warm_start
+
+
+def test_a_non_finite_plan_is_not_the_next_warm_start(tiny, monkeypatch):
+    path, _ = tiny['energyflow']
+    model = load_model(path)
+    planner = ChunkPlanner(model, seed=0)
+    history = np.ones((2, 3))
+    assert np.all(np.isfinite(planner.plan(history).actions))
+    real = model.run
+
+    def overflow_once(graph, feeds):  # e.g. an fp16 engine overflowing on one call
+        out = dict(real(graph, feeds))
+        out['action'] = np.full_like(out['action'], np.nan)
+        monkeypatch.setattr(model, 'run', real)
+        return out
+    monkeypatch.setattr(model, 'run', overflow_once)
+    assert planner.plan(history).warm  # warm from the good plan, came out NaN
+    calls = _spy(model, monkeypatch)
+    recovered = planner.plan(history)
+    assert calls[-1][0] == 'sampler' and not recovered.warm  # cold: the NaN chunk is not kept
+    assert np.all(np.isfinite(recovered.actions))

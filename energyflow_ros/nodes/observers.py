@@ -18,7 +18,7 @@ from typing import Any, Callable
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64MultiArray
 
 from energyflow_ros.nodes.messages import (array_values, JointIndexer, pointcloud_values,
@@ -73,28 +73,16 @@ class ObservationInputs:
     def subscribe(self) -> list[Any]:
         """Create one subscription per stream (sensor-data QoS); returns them."""
         callbacks = {'joint_state': (JointState, self._on_joint_state),
-                     'pose': (PoseStamped, self._on_pose), 'array': (Float64MultiArray,
-                                                                     self._on_array)}
+                     'pose': (PoseStamped, self._on_pose),
+                     'array': (Float64MultiArray, self._on_array),
+                     'pointcloud': (PointCloud2, self._on_cloud)}
         subs = []
         for stream in self.streams:
-            if stream.type == 'pointcloud':
-                msg_type, callback = self._pointcloud_type(stream), self._on_cloud
-            else:
-                msg_type, callback = callbacks[stream.type]
+            msg_type, callback = callbacks[stream.type]
             subs.append(self.node.create_subscription(
                 msg_type, stream.topic, lambda msg, s=stream, cb=callback: cb(s, msg),
                 sensor_qos()))
         return subs
-
-    @staticmethod
-    def _pointcloud_type(stream: StreamConfig) -> type:
-        from sensor_msgs.msg import PointCloud2
-        try:
-            import sensor_msgs_py.point_cloud2  # noqa: F401  (lazy: only cloud streams)
-        except ImportError as exc:
-            raise ConfigError(f'observation.{stream.name} is a PointCloud2 stream but '
-                              'sensor_msgs_py is not installed') from exc
-        return PointCloud2
 
     def take_pending_stamp(self) -> float | None:
         """Stamp of the oldest joint state not yet followed by a command (then cleared)."""
@@ -118,7 +106,10 @@ class ObservationInputs:
         if clock_back:
             self.node.get_logger().warning(
                 f'the clock went back behind the observation history (now {now:.3f} s): '
-                'history forgotten, holding until every stream delivers on the new timeline')
+                'history and plan forgotten, holding until every stream delivers on the new '
+                'timeline')
+            if self.on_jump is not None:  # the plan's times are on the old timeline
+                self.on_jump()
         if reason:
             self.on_error(reason)
             return None

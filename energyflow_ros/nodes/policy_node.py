@@ -60,6 +60,7 @@ __all__ = ['PolicyNode', 'main']
 COMMAND_INTERFACES = ('forward', 'trajectory')
 INPUT_ERROR_HOLD_S = 2.0  # an input error keeps the diagnostics at ERROR this long
 WAITING_FOR_PLAN = 'waiting for the first plan'
+PLANNER_STOPPED = 'the planning thread has stopped (deactivate and activate to restart it)'
 HOLD_ACK_TIMEOUT_S = 0.5  # how long a shutdown waits for the hold command to be acknowledged
 
 
@@ -261,12 +262,19 @@ class PolicyNode(AutostartMixin, LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Ramp in from the measured pose; start the worker and the control timer."""
+        try:
+            self._worker.start()
+        except RuntimeError as exc:  # the last activation's sampler call has not returned
+            self._error = f'activate failed: {exc}'
+            self.get_logger().error(self._error)
+            self.publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self._error = ''
         with self._lock:
             self._worker.clear_locked()
         self.filter.start()
         self._reset_stats()
         self._seen = self._counters()
-        self._worker.start()
         group = MutuallyExclusiveCallbackGroup()
         self._tick_period = 1.0 / self.control_rate
         self._timer = self.create_timer(self._tick_period, self._tick, callback_group=group)
@@ -305,8 +313,10 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
-        if self._worker is not None:
-            self._worker.stop()
+        if self._worker is not None and not self._worker.stop():
+            self.get_logger().warning(
+                'the planning thread is still inside the sampler: its plan will be discarded, '
+                'and the next activation waits for it to return')
         if self._loaded is not None:
             self._publish(self.filter.hold())
             # The publisher may be destroyed right after (shutdown, cleanup): wait until the
@@ -343,17 +353,19 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         began = time.perf_counter()
         now = self.now()
         self._count_misses(began)
+        planning = self._worker.running
         with self._lock:
             status = self._inputs.history.status(now)
-            target = self.queue.action_at(now + self._tick_period) if status.ok else None
-            if not status.ok:  # also voids a plan being sampled from the old inputs
+            ok = status.ok and planning
+            target = self.queue.action_at(now + self._tick_period) if ok else None
+            if not ok:  # also voids a plan being sampled from the old inputs
                 self._worker.clear_locked()
         self._obs_age = status.age_s
-        if status.ok and self._holding and target is not None:
+        if ok and self._holding and target is not None:
             self.filter.start()  # resume: ramp in again from the measured pose
         self._holding = target is None
-        self._hold_reason = status.message if not status.ok else (WAITING_FOR_PLAN
-                                                                  if target is None else '')
+        self._hold_reason = (PLANNER_STOPPED if not planning else status.message if not ok
+                             else WAITING_FOR_PLAN if target is None else '')
         cmd = self.filter.apply(None if target is None else target[self._to_cmd])
         self._publish(cmd)
         if status.ok and self._worker.due(now):
@@ -385,7 +397,8 @@ class PolicyNode(AutostartMixin, LifecycleNode):
         self.chunk_pub.publish(make_chunk_array(plan.actions[:, self._to_cmd], plan.energy))
 
     def _restart_plan(self) -> None:
-        """The measured pose jumped (e.g. a new episode): drop the plan, ramp in again.
+        """The measured pose jumped (e.g. a new episode) or the clock went back: drop the plan,
+        ramp in again.
 
         A plan being sampled from before the jump is discarded when it arrives.
         """

@@ -103,6 +103,7 @@ class PlanningWorker:
         self._poll_s = min(0.01, queue.period / 4.0)
         self._last_obs_stamp = float('nan')
         self._epoch = 0
+        self._cold_next = False
 
     def clear_locked(self) -> None:
         """Drop the queued plan and any plan being sampled now; the caller holds :attr:`lock`.
@@ -132,36 +133,63 @@ class PlanningWorker:
         """Wake the thread now (the tick calls this when :meth:`due`)."""
         self._wake.set()
 
-    def start(self) -> None:
-        """Start the thread (no-op when running)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name='energyflow-planner',
-                                        daemon=True)
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the thread (no-op when running).
+
+        A thread told to stop whose sampler call was still in flight is waited for first (up
+        to ``timeout``): two threads must never sample at once, the sampler keeps state.
+
+        Raises:
+            RuntimeError: the previous thread is still inside the sampler after ``timeout``.
+        """
+        old = self._thread
+        if old is not None and old.is_alive():
+            if not self._stop.is_set():
+                return
+            old.join(timeout)
+            if old.is_alive():
+                raise RuntimeError(f'the previous planning thread is still inside the sampler '
+                                   f'{timeout:g} s after it was told to stop: not starting '
+                                   'a second one')
+        self._stop = threading.Event()  # each thread has its own: a late one cannot restart
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name='energyflow-planner', daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread and wait for a sampler call in flight to finish."""
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the thread; wait up to ``timeout`` for a sampler call in flight to finish.
+
+        The queue is cleared, so a plan still being sampled is discarded when it arrives.
+
+        Returns:
+            Whether the thread has ended (False: it is still inside the sampler and will exit
+            after it; :meth:`start` waits for it).
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._thread = None
+        with self.lock:
+            self.clear_locked()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def running(self) -> bool:
         """Whether the thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self._wake.wait(self._poll_s)
             self._wake.clear()
-            if self._stop.is_set():
+            if stop.is_set():
                 break
-            if self.due(self.clock()):
-                self.plan_once()
+            try:
+                if self.due(self.clock()):
+                    self.plan_once()
+            except Exception as exc:  # noqa: BLE001  (a dead planner would go unnoticed)
+                self._fail(f'planning raised {type(exc).__name__}: {exc}')
 
     def plan_once(self) -> bool:
         """Sample and install one plan from the newest history; False when none was made."""
@@ -188,9 +216,13 @@ class PlanningWorker:
         return self._install(chunk, float(energy), start, deadline, epoch)
 
     def _shift(self, start: float) -> int | None:
-        """Steps between the current plan's start and ``start`` (None: cold start)."""
+        """Steps between the current plan's start and ``start`` (None: cold start).
+
+        After a failed plan the next one starts cold: the sampler may keep the failed chunk
+        (non-finite, say) as its warm start while the queue still holds the previous plan.
+        """
         current = self.queue.current
-        if current is None or not self.warm_start:
+        if current is None or not self.warm_start or self._cold_next:
             return None
         return max(0, int(round((start - current.start_time) / self.queue.period)))
 
@@ -209,12 +241,14 @@ class PlanningWorker:
                 self.stats.overruns += 1
         self.stats.plans += 1
         self.stats.failures_since_plan = 0
+        self._cold_next = False
         self.stats.best_energy = energy
         if self.on_plan is not None:
             self.on_plan(plan)
         return True
 
     def _fail(self, message: str) -> None:
+        self._cold_next = True
         self.stats.failures += 1
         self.stats.failures_since_plan += 1
         self.stats.last_error = message

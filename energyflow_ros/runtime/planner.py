@@ -257,7 +257,8 @@ class ChunkPlanner:
                 ``executed_steps``); used by the warm start.
 
         Returns:
-            The plan; its chunk becomes the next warm start.
+            The plan; its chunk becomes the next warm start (unless it is not finite: then
+            the next plan starts cold).
         """
         start = time.perf_counter()
         obs = self.normalize_obs(obs_history)
@@ -269,7 +270,8 @@ class ChunkPlanner:
             graph, init = 'sampler', self._initial(obs)
         out = self._run(graph, obs, init)
         best = out['action'][0]
-        self._previous = best
+        # A non-finite chunk (the caller refuses it) must not seed every later warm start.
+        self._previous = best if np.all(np.isfinite(best)) else None
         return Plan(self.denormalize_actions(best), float(out['energy'][0]), warm,
                     time.perf_counter() - start, best, out['particles'][0])
 
