@@ -80,8 +80,8 @@ def commands_since(rec, t):
     return np.array([m.data for m in rec['cmd'].since(t)])
 
 
-def latest_status(rec, since=0.0):
-    msgs = [m for m in rec['diag'].since(since) if m.status[0].hardware_id == 'policy_node']
+def latest_status(rec, since=0.0, name='policy_node'):
+    msgs = [m for m in rec['diag'].since(since) if m.status[0].hardware_id == name]
     return msgs[-1].status[0] if msgs else None
 
 
@@ -214,6 +214,57 @@ def test_trajectory_interface_by_name_and_hold_on_shutdown(probe, robot, tmp_pat
     # the final hold, by name (delivery may lag on a loaded machine)
     assert wait_until(lambda: list(traj.last().points[0].positions) == [0.6, 0.4], 5)
     assert 'holding the last measured position' in node.log()
+
+
+def test_a_goal_read_from_a_lidar_cloud_drives_the_arm_and_a_bad_cloud_holds_it(
+        probe, robot, tmp_path):
+    """The goal as the centroid of a mixed-type PointCloud2, over DDS; a malformed cloud is
+    rejected by name and the node stays up."""
+    from sensor_msgs.msg import PointCloud2
+
+    from energyflow_ros.nodes.messages import sec_to_stamp
+
+    params = policy_params(tiny_model(), forward_command_topic='/cloud_policy/commands')
+    params['observation'] = {
+        'joint_state': params['observation']['joint_state'], 'streams': ['goal_cloud'],
+        'goal_cloud': {'type': 'pointcloud', 'topic': '/goal_cloud', 'fields': ['x', 'y'],
+                       'obs_names': ['goal_x', 'goal_y'], 'max_age_s': 0.5,
+                       'stamp_source': 'receive', 'n_points': 0}}
+    reset_robot(robot, x=0.3, y=0.3)
+    good = make_cloud(LIDAR, [(0.8, 0.6, 0.0, 5.0, 1), (1.0, 0.4, 0.0, 5.0, 2),
+                              (float('nan'), 0.0, 0.0, 0.0, 3)], point_step=18)
+    bad = make_cloud(LIDAR, [(0.9, 0.5, 0.0, 5.0, 1)] * 3, point_step=18)
+    bad.data = bytes(20)  # shorter than its width x point_step
+    pub = probe.publisher(PointCloud2, '/goal_cloud')
+    rec = {'cmd': probe.record(Float64MultiArray, '/cloud_policy/commands'),
+           'diag': probe.record(DiagnosticArray, '/diagnostics')}
+    node = NodeProcess('policy_node', params, DOMAIN, str(tmp_path), node_name='cloud_policy')
+
+    def publish_for(seconds, cloud):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            cloud.header.stamp = sec_to_stamp(time.time())
+            pub.publish(cloud)
+            time.sleep(0.05)
+    try:
+        t0 = time.monotonic()
+        deadline = time.monotonic() + 40
+        while len(commands_since(rec, t0)) < 20 and time.monotonic() < deadline:
+            publish_for(0.5, good)
+        t1 = time.monotonic()
+        publish_for(2.0, good)
+        moved = assert_safe(rec, t1, np.array([0.3, 0.3]))
+        assert np.max(np.abs(moved - [0.3, 0.3])) > 1e-3  # driven towards the cloud's goal
+        status = latest_status(rec, t1 + 0.5, 'cloud_policy')
+        assert status.level == DiagnosticStatus.OK, status.message
+        t2 = time.monotonic()
+        publish_for(1.0, bad)
+        status = latest_status(rec, t2 + 0.3, 'cloud_policy')
+        assert status.level == DiagnosticStatus.ERROR, status.message
+        assert '/goal_cloud: PointCloud2 data holds 20 bytes' in status.message
+        assert node.alive(), node.log()  # still running
+    finally:
+        assert node.interrupt() == 0, node.log()
 
 
 @pytest.mark.skipif(not os.path.exists(SHIPPED_MODEL),
