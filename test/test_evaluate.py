@@ -5,6 +5,7 @@ import json
 import pytest
 
 from energyflow_ros.cli.evaluate import (
+    config_digest,
     aggregate, config_path, main, matched_backbone, method_parameters, RECORD_KEYS,
     SMOKE_PARAMS, target_status, task_chunk_spec, write_results,
 )
@@ -139,9 +140,10 @@ def test_seeds_run_by_separate_commands_pool_as_if_run_together(tmp_path):
         assert pooled['metrics'][name] == pytest.approx(together['metrics'][name])
 
 
-@pytest.mark.parametrize('change', ['overlapping seeds', 'other steps', 'other params'])
+@pytest.mark.parametrize('change', ['overlapping seeds', 'other steps', 'other params',
+                                    'other config'])
 def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, change):
-    settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1']}
+    settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1'], 'config_sha256': 'aa'}
     write_results([aggregate('blockpush', 'mse', [0], _runs((1.0, 1.0, 1.0)), 'p1')],
                   {'blockpush': settings}, str(tmp_path))
     runs = _runs((0.0, 0.0, 1.0))
@@ -150,6 +152,8 @@ def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, c
         runs[0]['params'] = 11
     if change == 'other steps':
         settings = {**settings, 'steps': 90}
+    if change == 'other config':  # the same overrides on another --config-dir's YAML
+        settings = {**settings, 'config_sha256': 'bb'}
     write_results([aggregate('blockpush', 'mse', seeds, runs, 'p1')], {'blockpush': settings},
                   str(tmp_path))
     (record,) = json.loads((tmp_path / 'quality.json').read_text())['records']
@@ -220,3 +224,13 @@ def test_a_run_without_a_final_evaluation_is_an_error_naming_it(monkeypatch, tmp
                             [f'out_dir={tmp_path}', 'eval.final=false'])
     with pytest.raises(TrainError, match='has no closed-loop evaluation to report'):
         evaluate.run_one(cfg)
+
+
+def test_the_config_digest_follows_the_results_not_the_seed_or_paths():
+    path = config_path('obstacles2d', None)
+    base = load_train_config(path, [])
+    same = load_train_config(path, ['seed=5', 'out_dir=/tmp/x', 'progress=false',
+                                    'method=mse', 'log_every=7'])
+    assert config_digest(base) == config_digest(same)
+    for change in ('optim.lr=0.5', 'eval.seed=7', 'horizon=4', 'data.n_episodes=3'):
+        assert config_digest(load_train_config(path, [change])) != config_digest(base), change

@@ -1,6 +1,7 @@
 """The trainer: validated configs, deterministic resumable training, checkpoints, learning."""
 
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -342,3 +343,56 @@ def test_short_rnce_training_learns_to_pass_the_obstacles(tmp_path):
     assert trivial['safe_success_mean'] == 0.0
     assert learned['eval_safe_success'] >= 0.6, learned
     assert learned['eval_n_modes'] >= 2, 'the learned policy passes on more than one side'
+
+
+def test_a_finished_run_resumed_with_other_eval_settings_is_evaluated_again(tmp_path, demo_npz):
+    # energyflow-eval reuses finished runs; their reported evaluation must be of the asked
+    # settings, not the recorded one of other settings
+    def cfg(*extra):
+        return tiny(tmp_path / 'run', demo_npz, 'eval.final=true', 'eval.episodes=1',
+                    *extra, steps=6)
+
+    first = train(cfg('eval.max_steps=4'), log=quiet).trainer.metrics
+    assert first[-1]['eval_n_steps'] == 4
+    lines = []
+    again = train(cfg('eval.max_steps=9', 'eval.episodes=2'), resume=True,
+                  log=lines.append).trainer
+    assert again.step == 6 and again.metrics[:-1] == first  # nothing trained again
+    assert again.metrics[-1]['step'] == 6 and again.metrics[-1]['eval_n_steps'] == 9
+    assert any('evaluated again' in line for line in lines)
+    with open(tmp_path / 'run' / 'metrics.csv', encoding='utf-8') as handle:
+        assert len(list(csv.DictReader(handle))) == len(again.metrics)
+    # kept: the same settings once more reuse it without evaluating, other timing fields too
+    same = train(cfg('eval.max_steps=9', 'eval.episodes=2', 'eval.every=3'), resume=True,
+                 log=quiet).trainer
+    assert same.metrics == again.metrics
+
+
+def test_a_run_without_a_flow_section_resumes_with_warm_start_settings_added(
+        tmp_path, demo_npz):
+    def cfg(*extra):
+        return tiny(tmp_path / 'run', demo_npz, *extra, method='energyflow', steps=6)
+
+    base = cfg()
+    base = dataclasses.replace(base, method_config={'energyflow': {
+        k: v for k, v in base.method_config['energyflow'].items() if k != 'flow'}})
+    assert train(base, stop_after=3, log=quiet).trainer.step == 3
+    warm = dataclasses.replace(base, method_config={'energyflow': {
+        **base.method_config['energyflow'], 'flow': {'warm_start_t': 0.6}}})
+    assert train(warm, resume=True, log=quiet).trainer.step == 6
+
+
+def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_generator(
+        tmp_path, demo_npz):
+    cfg = tiny(tmp_path / 'run', demo_npz, steps=10)
+    train(cfg, stop_after=5, log=quiet)
+    path = tmp_path / 'run' / 'checkpoint.pt'
+    payload = torch.load(path, weights_only=False)
+    assert payload['rng']['device'] == 'cpu'
+    payload['rng'] = {**payload['rng'], 'device': 'cuda',
+                      'generators': [torch.zeros(16, dtype=torch.uint8)]}  # a CUDA state
+    torch.save(payload, path)
+    lines = []
+    result = train(cfg, resume=True, log=lines.append)
+    assert result.trainer.step == 10 and result.final_path
+    assert any('random state was saved on cuda; continuing on cpu' in line for line in lines)

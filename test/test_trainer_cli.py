@@ -45,6 +45,11 @@ def _bad_inputs(tmp_path, demo_npz):
     truncated = tmp_path / 'truncated.npz'  # an interrupted copy
     with open(demo_npz, 'rb') as handle:
         truncated.write_bytes(handle.read()[:200])
+    scalar = tmp_path / 'scalar.npz'
+    np.savez(scalar, obs=np.float64(1.0), actions=rng.random((30, 2)), episode_ends=[30])
+    flat_ends = tmp_path / 'flat_ends.npz'
+    np.savez(flat_ends, obs=rng.random((30, 4)), actions=rng.random((30, 2)),
+             episode_ends=np.int64(30))
     empty = tmp_path / 'empty.npz'
     empty.write_bytes(b'')
     return [
@@ -52,6 +57,8 @@ def _bad_inputs(tmp_path, demo_npz):
         ('wrong shapes', [f'data.path={narrow}'], 'the data has 3 observation dims'),
         ('truncated npz', [f'data.path={truncated}'], 'not a readable npz file'),
         ('empty npz', [f'data.path={empty}'], 'not a readable npz file'),
+        ('0-d obs', [f'data.path={scalar}'], 'obs and actions must be 2-D'),
+        ('0-d episode_ends', [f'data.path={flat_ends}'], 'episode_ends must increase'),
         ('NaN rows', [f'data.path={nan}'],
          'obs has non-finite values in 1 frame(s), first at frame 7'),
         ('unknown method', [f'data.path={demo_npz}', 'method=gail'], "method = 'gail'"),
@@ -153,6 +160,18 @@ def test_a_corrupt_checkpoint_is_reported_not_overwritten(tmp_path, demo_npz, ca
     assert len(lines) == 1 and 'not a readable checkpoint' in lines[0]
     assert sorted(os.listdir(run)) == ['checkpoint.pt']
     assert (run / 'checkpoint.pt').read_bytes() == b'truncated'
+
+
+def test_a_checkpoint_that_is_not_the_trainers_is_reported_not_overwritten(
+        tmp_path, demo_npz, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save({'model': {}}, run / 'checkpoint.pt')  # e.g. another tool's weights
+    assert main([*TINY, f'data.path={demo_npz}', f'out_dir={run}', '--resume']) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and 'not a trainer checkpoint to resume' in lines[0], lines
+    assert "lacks ['state_dict'," in lines[0]
+    assert sorted(os.listdir(run)) == ['checkpoint.pt']
 
 
 def test_a_finished_run_is_exported_to_onnx_for_the_robot(tmp_path, demo_npz, capsys):

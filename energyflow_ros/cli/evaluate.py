@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 
 from energyflow_ros.cli.results_files import load_results, merge_records, write_files
-from energyflow_ros.core.config import ChunkSpec, config_from_dict, ConfigError
+from energyflow_ros.core.config import (ChunkSpec, config_from_dict, config_to_dict,
+                                        ConfigError)
 from energyflow_ros.core.methods import BackboneConfig, build_method, METHODS
 from energyflow_ros.core.networks import count_parameters
 from energyflow_ros.data.dataset import DemoError
@@ -316,8 +318,18 @@ def pool(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 # Settings that must agree for records of different seeds to be pooled (machine and torch may
-# differ: seeds split across machines).
-POOL_SETTINGS = ('mode', 'reference', 'overrides', 'episodes', 'device', 'steps')
+# differ: seeds split across machines). config_sha256 covers the YAML (another --config-dir).
+POOL_SETTINGS = ('mode', 'reference', 'overrides', 'episodes', 'device', 'steps',
+                 'config_sha256')
+# Config fields that differ between the runs of one record, or do not change its results.
+_UNHASHED = ('seed', 'out_dir', 'progress', 'checkpoint_every', 'log_every', 'method',
+             'backbone')
+
+
+def config_digest(cfg: TrainConfig) -> str:
+    """SHA-256 of what a run's results depend on besides its seed, method and width."""
+    fields = {k: v for k, v in config_to_dict(cfg).items() if k not in _UNHASHED}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _poolable(old: dict[str, Any] | None, new: dict[str, Any], old_settings: dict[str, Any],
@@ -423,7 +435,8 @@ def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) 
               f"params {record['params']:,}  train {record['train_s']:.1f} s  "
               f"infer {record['infer_ms']:.2f} ms", flush=True)
         settings = {**common, 'episodes': cfg.eval.episodes, 'device': cfg.device,
-                    'steps': cfg.optim.steps, 'observation': list(info.obs_names)}
+                    'steps': cfg.optim.steps, 'observation': list(info.obs_names),
+                    'config_sha256': config_digest(cfg)}
         written = write_results([record], {task: settings}, args.out)[0]
         if written['seeds'] != seeds:
             print(f"  {'':<12} {'':<11} pooled with the recorded seeds: seeds "

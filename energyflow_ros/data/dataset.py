@@ -48,6 +48,8 @@ class DemoSet:
         self.obs = np.asarray(self.obs, dtype=np.float64)
         self.actions = np.asarray(self.actions, dtype=np.float64)
         self.episode_ends = np.asarray(self.episode_ends, dtype=np.int64)
+        if self.obs.ndim != 2 or self.actions.ndim != 2:  # before names are made from dims
+            self.validate()
         if not self.obs_names:
             self.obs_names = [f'obs_{i}' for i in range(self.obs.shape[-1])]
         if not self.action_names:
@@ -67,7 +69,7 @@ class DemoSet:
         if ends.ndim != 1 or len(ends) == 0 or ends[-1] != len(self.obs) or np.any(
                 np.diff(np.concatenate([[0], ends])) <= 0):
             raise DemoError(f'episode_ends must increase strictly and end at {len(self.obs)}; '
-                            f'got {ends.tolist()[:8]}')
+                            f'got {np.atleast_1d(ends).tolist()[:8]} (shape {ends.shape})')
         for label, array in (('obs', self.obs), ('actions', self.actions)):
             bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
             if len(bad):

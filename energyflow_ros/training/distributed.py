@@ -153,14 +153,30 @@ def gather_rng_state(ctx: DistContext, generator: torch.Generator) -> dict[str, 
     """
     cuda = torch.cuda.get_rng_state_all() if ctx.device.type == 'cuda' else None
     return {'torch': torch.get_rng_state(), 'cuda': cuda, 'numpy': np.random.get_state(),
-            'generators': all_gather_objects(generator.get_state(), ctx)}
+            'generators': all_gather_objects(generator.get_state(), ctx),
+            'device': ctx.device.type}
 
 
 def restore_rng_state(state: dict[str, Any], ctx: DistContext,
-                      generator: torch.Generator) -> None:
-    """Inverse of :func:`gather_rng_state` for a job with the same number of ranks."""
+                      generator: torch.Generator, reseed: int) -> bool:
+    """Inverse of :func:`gather_rng_state` for a job with the same number of ranks.
+
+    A generator state saved on another device type (a CUDA run resumed on a CPU machine, or
+    the reverse) cannot be loaded: the generator is then seeded with ``reseed`` instead.
+
+    Returns:
+        Whether every state was restored (False: the run continues, but not bit-identically
+        to an uninterrupted one).
+    """
     torch.set_rng_state(state['torch'])
     np.random.set_state(state['numpy'])
     if state.get('cuda') and ctx.device.type == 'cuda':
         torch.cuda.set_rng_state_all(state['cuda'])
-    generator.set_state(state['generators'][ctx.rank])
+    if state.get('device', ctx.device.type) == ctx.device.type:
+        try:
+            generator.set_state(state['generators'][ctx.rank])
+            return True
+        except RuntimeError:  # a checkpoint from before 'device' was recorded
+            pass
+    generator.manual_seed(reseed)
+    return False

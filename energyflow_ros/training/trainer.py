@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field, replace
 import functools
+import io
 import math
 import os
 import re
@@ -53,6 +54,10 @@ __all__ = [
 
 # Fields that may change between a run and its resumption (they do not affect the weights).
 RESUMABLE_CHANGES = ('eval', 'progress', 'device', 'checkpoint_every', 'log_every', 'out_dir')
+# What a checkpoint written by Trainer.save holds besides the weights (checked on resume).
+RESUME_KEYS = ('state_dict', 'ema_state_dict', 'ema_updates', 'optimizer', 'scheduler', 'step',
+               'batch_order', 'rng', 'train_config', 'metrics', 'running_metrics', 'elapsed_s',
+               'train_meta')
 # The same inside ``method_config``, as (method, section, field): how a warm start samples.
 RESUMABLE_METHOD_CHANGES = (('energyflow', 'flow', 'warm_start_t'),
                             ('energyflow', 'flow', 'warm_steps'))
@@ -67,8 +72,22 @@ def _weight_fields(cfg: dict[str, Any]) -> dict[str, Any]:
         part = methods.get(method)
         if isinstance(part, dict) and isinstance(part.get(section), dict):
             part[section] = {k: v for k, v in part[section].items() if k != name}
+    # an empty section or method entry reads as absent (a section of only resumable fields)
+    for method, part in list(methods.items()):
+        if isinstance(part, dict):
+            part = {k: v for k, v in part.items() if v != {}}
+            methods[method] = part
+        if part == {}:
+            del methods[method]
     out['method_config'] = methods
     return out
+
+
+def _eval_results_differ(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two configs' final evaluations would differ (not only in when they run)."""
+    def settings(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (cfg.get('eval') or {}).items() if k not in ('every', 'final')}
+    return settings(saved) != settings(now)
 
 
 class TrainError(RuntimeError):
@@ -321,16 +340,23 @@ def _task_info(cfg: TrainConfig) -> Any:
                           f'{exc}') from exc
 
 
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file: a kill leaves the old or the new."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', newline='', encoding='utf-8') as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, out.getvalue())
 
 
 def build_training_method(cfg: TrainConfig, data: TrainingData) -> Method:
@@ -357,10 +383,15 @@ def _read_checkpoint(path: str, ctx: DistContext) -> dict[str, Any]:
         if name.startswith('.ckpt-'):
             os.unlink(os.path.join(folder, name))
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        payload = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as exc:  # torch raises several unrelated types for corrupt files
         raise TrainError(f'{path}: not a readable checkpoint ({exc}); delete it to restart '
                          'or restore a copy') from exc
+    missing = [k for k in RESUME_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise TrainError(f'{path}: not a trainer checkpoint to resume (it lacks {missing}); '
+                         'delete it to restart or choose another out_dir')
+    return payload
 
 
 class Trainer:
@@ -408,6 +439,8 @@ class Trainer:
         self.metric_name, self.log = metric_name, log
         # resumed with other warm-start settings: final.pt must be written again with them
         self._stale_final = False
+        # a finished run resumed with other evaluation settings: evaluate it again with them
+        self._stale_eval = False
 
     def path(self, name: str) -> str:
         """A file in the run's output folder."""
@@ -501,6 +534,8 @@ class Trainer:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         self._stale_final = payload['train_config'].get('method_config') != \
             config['method_config']
+        self._stale_eval = int(payload['step']) >= self.cfg.optim.steps and \
+            _eval_results_differ(payload['train_config'], config)
         if changed:
             raise TrainError(f'{self.path("checkpoint.pt")} was written with different '
                              f'{changed}; resume with the same config or use another out_dir')
@@ -515,8 +550,13 @@ class Trainer:
         if len(payload['rng']['generators']) != self.ctx.world_size:
             raise TrainError(f'the checkpoint was written by {len(payload["rng"]["generators"])}'
                              f' process(es); resume it with as many, not {self.ctx.world_size}')
-        restore_rng_state(payload['rng'], self.ctx, self.generator)
         self.step, self.metrics = int(payload['step']), list(payload['metrics'])
+        reseed = self.cfg.seed * 7919 + self.ctx.rank + 1_000_003 * self.step
+        if not restore_rng_state(payload['rng'], self.ctx, self.generator, reseed):
+            self.log(f"trainer: the checkpoint's random state was saved on "
+                     f"{payload['rng'].get('device', 'another device')}; continuing on "
+                     f'{self.ctx.device.type} with a generator seeded from the seed and step '
+                     '(not bit-identical to an uninterrupted run)')
         self._sums = dict(payload['running_metrics']['sums'])
         self._count = int(payload['running_metrics']['count'])
         self.elapsed_s = float(payload['elapsed_s'])
@@ -559,12 +599,30 @@ class Trainer:
                     self.save(elapsed, final=self.step == total)
                 bar.update(1)
         self.elapsed_s = time.perf_counter() - start
+        if self.step == total and self._stale_eval and cfg.eval.final:
+            self._evaluate_again()
         if self.step == total and self.ctx.is_main and (
                 self._stale_final or not os.path.exists(self.path('final.pt'))):
             # killed after the last checkpoint, before final.pt, or a finished run resumed with
             # other warm-start settings (final.pt is what gets exported): rank 0 writes it alone
             # (no collective; final.pt is not resumed from, so its own generator state suffices)
             self._save_final(self.extra(self.elapsed_s, gather=False))
+
+
+    def _evaluate_again(self) -> None:
+        """A finished run resumed with other evaluation settings: evaluate the final weights
+        with them, log it as a row of the last step and keep it in the checkpoint (collective
+        in DDP, like :meth:`save`; rank 0 evaluates)."""
+        row = {'step': self.step, 'epoch': self.order.epoch, 'wall_s': round(self.elapsed_s, 3)}
+        if self.ctx.is_main:
+            row.update(self.evaluate())
+            self.log(f'trainer: finished run evaluated again with the new eval settings: '
+                     f"success {row.get('eval_success', float('nan')):.3f}")
+        self.metrics.append(row)
+        if self.ctx.is_main:
+            _write_csv(self.path('metrics.csv'), self.metrics)
+        self.save(self.elapsed_s, final=True)
+        self._stale_eval = self._stale_final = False
 
 
 @dataclass
@@ -619,8 +677,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             f'{ctx.device}')
         if ctx.is_main:
             os.makedirs(cfg.out_dir, exist_ok=True)
-            with open(os.path.join(cfg.out_dir, 'train_config.yaml'), 'w') as handle:
-                yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
+            _write_atomic(os.path.join(cfg.out_dir, 'train_config.yaml'),
+                          yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         trainer.fit(stop_after)
         done = trainer.step >= cfg.optim.steps
         final = os.path.join(cfg.out_dir, 'final.pt') if done else None
