@@ -306,6 +306,38 @@ def test_parity_gate_refuses_and_writes_nothing(tmp_path, monkeypatch, name, n_s
     assert os.listdir(tmp_path) == []
 
 
+def test_a_nan_in_the_torch_reference_fails_the_gate():
+    from energyflow_ros.export.parity import _compare, _same_choice
+
+    check = _compare('sampler', [(np.array([0.3, 5.0]), torch.tensor([0.3, float('nan')]))],
+                     1e-3)
+    assert not check.passed(1e-4) and check.max_excess == float('inf')
+    assert not _same_choice(np.array([[0.0, 1.0]]), torch.tensor([[float('nan'), 1.0]]),
+                            1e-6, 1e-4)
+
+
+def test_a_family_write_that_fails_midway_leaves_the_previous_family(tmp_path):
+    from energyflow_ros.export.onnx_export import write_family
+
+    obs_norm, act_norm = normalizers()
+    path = str(tmp_path / 'm.onnx')
+    export_method(tiny_method('energyflow'), obs_norm, act_norm, train_meta(), path, n_steps=2,
+                  warm_steps=1)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    models = {graph: onnx.load(graph_path(path, graph)) for graph in
+              ('sampler', 'energy', 'gradient', 'warm_sampler')}
+    meta = ModelMetadata.from_json(
+        {p.key: p.value for p in models['sampler'].metadata_props}[METADATA_KEY])
+    os.unlink(graph_path(path, 'warm_sampler'))
+    os.mkdir(graph_path(path, 'warm_sampler'))  # the last rename will fail
+    before.pop('m.warm.onnx')
+    with pytest.raises(OSError):
+        write_family(path, models, dataclasses.replace(meta, task='other'))
+    after = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)
+             if name != 'm.warm.onnx'}
+    assert after == before  # every earlier file back as it was, no temporary left
+
+
 def test_missing_train_meta_and_bad_layouts_are_named(tmp_path):
     ckpt = write_checkpoint(str(tmp_path / 'c.pt'), tiny_method('mse'), meta=None)
     with pytest.raises(ExportError, match="no 'train_meta'"):

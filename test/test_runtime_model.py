@@ -89,7 +89,7 @@ def test_unknown_format_version_and_bad_metadata(tmp_path, family):
     path = _copy_family(family['energyflow'], str(tmp_path))
     sampler = read_metadata(path).sampler.to_dict()
     _rewrite_metadata(path, sampler={**sampler, 'ddim_steps': 0})
-    with pytest.raises(ModelMetadataError, match='sampler.ddim_steps = 0'):
+    with pytest.raises(ModelMetadataError, match="'sampler.ddim_steps' = 0 must be an integer"):
         read_metadata(path)
     _rewrite_metadata(path, sampler={**sampler, 'kind': 'proposal_rank'})   # has schedules
     with pytest.raises(ModelMetadataError, match='proposal_rank sampler draws from the proposal'):
@@ -108,6 +108,53 @@ def test_unknown_format_version_and_bad_metadata(tmp_path, family):
     onnx.save(plain, path)
     with pytest.raises(ModelMetadataError, match='without energyflow_ros metadata'):
         load_model(path)
+
+
+@pytest.mark.parametrize('change, match', [
+    ({'executed_steps': 4.7}, "'executed_steps' = 4.7 must be an integer"),
+    ({'horizon': '8'}, "'horizon' = '8' must be an integer"),
+    ({'format_version': True}, 'version True is not supported'),
+    ({'sampler': {'n_particles': True}}, "'sampler.n_particles' = True must be an integer"),
+    ({'sampler': {'rank_sigma': float('nan')}}, "'sampler.rank_sigma' = nan must be a finite"),
+    ({'sampler': {'cold': {'init_std': float('nan')}}}, "'sampler.cold.init_std' = nan"),
+    ({'sampler': {'cold': {'init_std': -5.0}}}, "'sampler.cold.init_std' = -5.0"),
+    ({'reward_sigma': float('inf')}, "'reward_sigma' = inf must be a finite"),
+    ({'obs_std': 'tiny'}, 'std values must be >= 1e-06 \\(smallest: 1e-39\\)'),
+    ({'action_names': 'repeated'}, "action_names .* \\(\\['a'\\] repeated\\)"),
+    ({'reward_reference': [[[0.0, 0.0]], [[0.0]]]}, 'reward_reference is ragged'),
+    ({'reward_reference': [[[0.0, 0.0]]]}, 'reward_reference has shape \\(1, 1, 2\\)'),
+])
+def test_metadata_numbers_are_checked_for_type_range_and_finiteness(tmp_path, family, change,
+                                                                      match):
+    path = _copy_family(family['energyflow'], str(tmp_path))
+    model = onnx.load(path)
+    data = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    key, value = next(iter(change.items()))
+    if key == 'sampler':
+        inner = next(iter(value))
+        if inner == 'cold':
+            value = {**data['sampler'], 'cold': {**data['sampler']['cold'], **value['cold']}}
+        else:
+            value = {**data['sampler'], **value}
+    if value == 'tiny':
+        value = [1e-39] + data['obs_std'][1:]
+    if value == 'repeated':
+        value = ['a'] * len(data['action_names'])
+    _rewrite_metadata(path, **{key: value})
+    with pytest.raises(ModelMetadataError, match=match):
+        read_metadata(path)
+
+
+def test_metadata_that_does_not_fit_the_graphs_is_refused_naming_the_file(tmp_path, family):
+    path = _copy_family(family['energyflow'], str(tmp_path))
+    horizon = read_metadata(path).horizon
+    for graph in ('sampler', 'warm_sampler', 'energy', 'gradient'):
+        _rewrite_metadata(graph_path(path, graph), horizon=horizon // 2, executed_steps=1,
+                          reward_reference=[])
+    with pytest.raises(ModelMetadataError, match=(
+            f"energyflow.onnx: the metadata \\(horizon {horizon // 2}, .*does not fit the "
+            "sampler graph: input 'init' has shape")):
+        load_model(path, warm_up=False)  # checked without running a graph
 
 
 def test_family_files_must_belong_together(tmp_path, family):

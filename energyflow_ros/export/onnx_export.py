@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from typing import Any, Sequence
@@ -200,6 +201,8 @@ def write_family(out_path: str, models: dict[str, onnx.ModelProto],
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     temps: dict[str, str] = {}
+    backups: dict[str, str] = {}   # graph -> the previous file, moved aside until all landed
+    replaced: list[str] = []
     try:
         for graph, model in models.items():
             data = _with_metadata(model, metadata, graph).SerializeToString()
@@ -210,9 +213,23 @@ def write_family(out_path: str, models: dict[str, onnx.ModelProto],
                 os.fsync(handle.fileno())
             os.chmod(temps[graph], 0o666 & ~_umask())  # mkstemp makes owner-only files
         for graph, tmp in temps.items():
+            if os.path.isfile(targets[graph]):
+                backups[graph] = f'{tmp}.previous'
+                try:
+                    os.link(targets[graph], backups[graph])
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(targets[graph], backups[graph])
             os.replace(tmp, targets[graph])
+            replaced.append(graph)
+    except BaseException:
+        for graph in replaced:  # a later file failed: put the previous family back
+            if graph in backups:
+                os.replace(backups.pop(graph), targets[graph])
+            else:
+                os.unlink(targets[graph])
+        raise
     finally:
-        for tmp in temps.values():
+        for tmp in [*temps.values(), *backups.values()]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     for graph in GRAPH_SUFFIXES:

@@ -95,7 +95,7 @@ def _excess(got: np.ndarray, ref: np.ndarray, rtol: float) -> tuple[float, float
     err = np.abs(np.asarray(got, dtype=np.float64) - ref)
     if err.size == 0:
         return 0.0, 0.0
-    if not np.all(np.isfinite(got)):
+    if not (np.all(np.isfinite(got)) and np.all(np.isfinite(ref))):  # NaN compares as no error
         return float('inf'), float('inf')
     return float(err.max()), float((err - rtol * np.abs(ref)).max())
 
@@ -137,6 +137,8 @@ def _same_choice(got_energies: np.ndarray, ref_energies: torch.Tensor, atol: flo
     """Same argmin, or a different one whose torch energy ties with torch's choice."""
     chosen = np.argmin(got_energies, axis=1)
     ref_e = ref_energies.detach().double().numpy()
+    if not (np.all(np.isfinite(ref_e)) and np.all(np.isfinite(got_energies))):
+        return False
     for b, idx in enumerate(chosen):
         best = ref_e[b].min()
         if ref_e[b, idx] - best > atol + rtol * abs(best):

@@ -50,6 +50,8 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     'MODEL_FORMAT_VERSION', 'METADATA_KEY', 'GRAPH_SUFFIXES', 'SAMPLER_KINDS', 'ENERGY_KINDS',
     'INIT_KINDS', 'ModelFormatError', 'StepSchedule', 'SamplerSpec', 'ModelMetadata',
@@ -95,6 +97,29 @@ def _floats(values: Any, name: str, length: int | None = None) -> list[float]:
     return out
 
 
+def _int(value: Any, name: str, minimum: int = 1) -> int:
+    """An integer field (not a bool, not 4.7) of at least ``minimum``."""
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f'metadata field {name!r} = {value!r} must be an integer >= {minimum}')
+    return value
+
+
+def _scale(value: Any, name: str) -> float:
+    """A finite, non-negative number (a noise scale or a standard deviation)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f'metadata field {name!r} = {value!r} must be a number') from exc
+    _require(math.isfinite(out) and out >= 0 and not isinstance(value, bool),
+             f'metadata field {name!r} = {value!r} must be a finite number >= 0')
+    return out
+
+
+MIN_STD = 1e-6
+"""Smallest normalisation std a model may carry (exports floor it at 1e-3): below it, a
+normalised input overflows to inf."""
+
+
 @dataclass(frozen=True)
 class StepSchedule:
     """What the runtime feeds a gradient sampler graph: one entry per unrolled step.
@@ -130,7 +155,7 @@ class StepSchedule:
             k = len(sigmas)
             return cls(tuple(sigmas), tuple(_floats(data['step_sizes'], f'{name}.step_sizes', k)),
                        tuple(_floats(data['noise_scales'], f'{name}.noise_scales', k)),
-                       float(data['init_std']))
+                       _scale(data['init_std'], f'{name}.init_std'))
         except KeyError as exc:
             raise ModelFormatError(f'metadata {name} lacks field {exc.args[0]!r}') from exc
 
@@ -191,9 +216,7 @@ class SamplerSpec:
         init = data.get('init', 'gaussian')
         _require(init in INIT_KINDS, f'metadata sampler.init = {init!r}: expected one of '
                                      f'{list(INIT_KINDS)}')
-        n = data.get('n_particles')
-        _require(isinstance(n, int) and n > 0, f'metadata sampler.n_particles = {n!r}: expected '
-                                               'a positive integer')
+        n = _int(data.get('n_particles'), 'sampler.n_particles')
         cold = StepSchedule.from_dict(data['cold'], 'sampler.cold') if data.get('cold') else None
         warm = StepSchedule.from_dict(data['warm'], 'sampler.warm') if data.get('warm') else None
         _require(kind != 'gradient' or cold is not None,
@@ -203,9 +226,10 @@ class SamplerSpec:
                  'metadata sampler: a proposal_rank sampler draws from the proposal and has no '
                  'step schedules')
         ddim_steps = data.get('ddim_steps')
-        _require(ddim_steps is None or (isinstance(ddim_steps, int) and ddim_steps > 0),
-                 f'metadata sampler.ddim_steps = {ddim_steps!r}: expected a positive integer')
-        return cls(kind, n, init, float(data.get('rank_sigma', 0.0)), cold, warm, ddim_steps)
+        if ddim_steps is not None:
+            _int(ddim_steps, 'sampler.ddim_steps')
+        return cls(kind, n, init, _scale(data.get('rank_sigma', 0.0), 'sampler.rank_sigma'),
+                   cold, warm, ddim_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -295,7 +319,7 @@ class ModelMetadata:
             raise ModelFormatError(f'{source}: metadata is not valid JSON ({exc})') from exc
         _require(isinstance(data, dict), f'{source}: metadata is not a JSON object')
         version = data.get('format_version')
-        _require(version == MODEL_FORMAT_VERSION,
+        _require(type(version) is int and version == MODEL_FORMAT_VERSION,
                  f'{source}: model format version {version!r} is not supported (this build '
                  f'reads version {MODEL_FORMAT_VERSION}); re-export the model with '
                  'energyflow-export')
@@ -312,27 +336,28 @@ class ModelMetadata:
     def _from_dict(cls, data: dict[str, Any]) -> 'ModelMetadata':
         obs_names = tuple(str(n) for n in data['obs_names'])
         action_names = tuple(str(n) for n in data['action_names'])
-        n_obs, horizon = int(data['n_obs']), int(data['horizon'])
+        n_obs, horizon = _int(data['n_obs'], 'n_obs'), _int(data['horizon'], 'horizon')
         obs_dim, act_dim = n_obs * len(obs_names), len(action_names)
         graph = data['graph']
         _require(graph in GRAPH_SUFFIXES, f'graph {graph!r} is not one of {list(GRAPH_SUFFIXES)}')
-        _require(n_obs >= 1 and horizon >= 1 and act_dim >= 1 and obs_names,
-                 'n_obs, horizon and the name lists must be non-empty')
-        executed = int(data['executed_steps'])
+        _require(act_dim >= 1 and obs_names, 'the name lists must be non-empty')
+        executed = _int(data['executed_steps'], 'executed_steps')
         _require(1 <= executed <= horizon, f'executed_steps = {executed} must be in [1, '
                                            f'horizon = {horizon}]')
         period = float(data['control_period_s'])
         _require(period > 0 and math.isfinite(period), f'control_period_s = {period} must be > 0')
         std = _floats(data['obs_std'], 'obs_std', obs_dim) + _floats(
             data['action_std'], 'action_std', act_dim)
-        _require(all(s > 0 for s in std), 'normalisation std values must be > 0')
+        _require(all(s >= MIN_STD for s in std),
+                 f'normalisation std values must be >= {MIN_STD:g} (smallest: {min(std):g})')
         low = _floats(data['action_low'], 'action_low', act_dim)
         high = _floats(data['action_high'], 'action_high', act_dim)
         _require(all(lo <= hi for lo, hi in zip(low, high)), 'action_low exceeds action_high')
         joint_names = tuple(str(n) for n in data['joint_names'])
         _require(len(joint_names) == act_dim, f'{len(joint_names)} joint_names for {act_dim} '
                                               'action dimensions')
-        for label, names in (('joint_names', joint_names), ('obs_names', obs_names)):
+        for label, names in (('joint_names', joint_names), ('obs_names', obs_names),
+                             ('action_names', action_names)):
             repeated = sorted({n for n in names if names.count(n) > 1})
             _require(not repeated and all(n.strip() for n in names),
                      f'{label} {list(names)} must be distinct and non-empty'
@@ -347,11 +372,28 @@ class ModelMetadata:
             action_low=tuple(low), action_high=tuple(high), horizon=horizon,
             executed_steps=executed, control_period_s=period,
             sampler=SamplerSpec.from_dict(data['sampler']),
-            reward_sigma=float(data.get('reward_sigma', 0.0)),
-            reward_reference=tuple(data.get('reward_reference') or ()),
+            reward_sigma=_scale(data.get('reward_sigma', 0.0), 'reward_sigma'),
+            reward_reference=_reference(data.get('reward_reference') or (), horizon, act_dim),
             joint_density=bool(data.get('joint_density', False)),
             data_sha256=str(data.get('data_sha256', '')), task=str(data.get('task', '')),
             extra=dict(data.get('extra') or {}), format_version=int(data['format_version']))
+
+
+def _reference(chunks: Any, horizon: int, act_dim: int) -> tuple:
+    """The reward's reference chunks, checked to be finite (M, horizon, act_dim)."""
+    if not len(chunks):
+        return ()
+    try:
+        array = np.asarray(chunks, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f'metadata field reward_reference is ragged or not numeric '
+                               f'({exc})') from exc
+    _require(array.ndim == 3 and array.shape[1:] == (horizon, act_dim),
+             f'metadata field reward_reference has shape {array.shape}, expected (M, '
+             f'{horizon}, {act_dim})')
+    _require(bool(np.all(np.isfinite(array))), 'metadata field reward_reference has '
+                                               'non-finite values')
+    return tuple(chunks)
 
 
 def graph_path(model_path: str, graph: str) -> str:

@@ -21,7 +21,7 @@ from energyflow_ros.runtime.model_format import (
     ModelMetadata,
 )
 from energyflow_ros.runtime.providers import (
-    active_provider, BoundRunner, create_session, ProviderConfig,
+    active_provider, BoundRunner, create_session, input_dims, ProviderConfig,
 )
 
 __all__ = ['ModelLoadError', 'ModelNotFoundError', 'NotAnOnnxModelError', 'ModelVersionError',
@@ -177,6 +177,22 @@ class OnnxModel:
                 self.run(graph, _warmup_feeds(self.metadata, graph, n))
 
 
+def _check_shapes(file: str, graph: str, session: ort.InferenceSession,
+                  metadata: ModelMetadata) -> None:
+    """The inputs the metadata implies (horizon, action and observation sizes, schedule
+    lengths) must fit the graph's; else the metadata was edited or the files mixed."""
+    feeds = _warmup_feeds(metadata, graph, metadata.sampler.n_particles)
+    try:
+        input_dims(session, {name: array.shape for name, array in feeds.items()})
+    except (ValueError, KeyError) as exc:
+        detail = f'it feeds no input {exc}' if isinstance(exc, KeyError) else str(exc)
+        raise ModelMetadataError(
+            f'{file}: the metadata (horizon {metadata.horizon}, action dim '
+            f'{metadata.action_dim}, obs dim {metadata.obs_dim}) does not fit the {graph} '
+            f'graph: {detail}; the metadata was edited or the file is from another export'
+        ) from exc
+
+
 def _default_graphs(path: str) -> list[str]:
     graphs = ['sampler']
     for graph in ('warm_sampler', 'energy', 'proposal'):
@@ -278,6 +294,8 @@ def load_model(path: str, *, providers: ProviderConfig | None = None,
         fallback = fallback or reason
     if fallback:
         LOG.warning('energyflow_ros model %s: %s', os.path.basename(path), fallback)
+    for graph, session in sessions.items():
+        _check_shapes(graph_path(path, graph), graph, session, metadata)
     model = OnnxModel(path, metadata, cfg, sessions, fallback)
     if warm_up:
         model.warm_up()

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 __all__ = ['DEVICES', 'NODE_INTRA_OP_THREADS', 'NODE_ALLOW_SPINNING', 'ProviderConfig',
            'ProviderConfigError', 'provider_chain', 'session_options', 'create_session',
-           'active_provider', 'BoundRunner']
+           'active_provider', 'BoundRunner', 'input_dims']
 
 DEVICES = ('cpu', 'cuda', 'tensorrt')
 # The policy and reward nodes' CPU settings: one thread that never spins, so a graph call does
@@ -195,7 +195,7 @@ class BoundRunner:
             self.options = ort.RunOptions()
             self.options.add_run_config_entry('gpu_graph_id', str(graph_id))
         device = _device_of(session)
-        dims = _dims(session, shapes)
+        dims = input_dims(session, shapes)
         self.binding = session.io_binding()
         self.inputs: dict[str, ort.OrtValue] = {}
         self.outputs: dict[str, ort.OrtValue] = {}
@@ -221,8 +221,14 @@ class BoundRunner:
         return {name: value.numpy().copy() for name, value in self.outputs.items()}
 
 
-def _dims(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Sizes of the named (dynamic) dimensions implied by the input shapes."""
+def input_dims(session: ort.InferenceSession,
+               shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Sizes of the named (dynamic) dimensions implied by the input shapes.
+
+    Raises:
+        ValueError: a shape does not fit its input, or two inputs disagree on a dimension.
+        KeyError: ``shapes`` lacks an input of the graph.
+    """
     dims: dict[str, int] = {}
     for arg in session.get_inputs():
         shape = shapes[arg.name]
