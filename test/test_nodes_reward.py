@@ -152,3 +152,53 @@ def test_a_model_without_energy_is_refused_by_name(tmp_path, method):
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_after_the_clock_goes_back_rewards_resume_on_the_new_timeline(monkeypatch):
+    """A simulator reset (ROS time 30 s -> 1 s): the old timeline's windows and commands are
+    dropped, so the new one is scored at once and never paired with the old one's commands."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+
+    from energyflow_ros.nodes.messages import (make_float64_array, make_joint_state,
+                                               make_pose_stamped, sec_to_stamp)
+    from energyflow_ros.nodes.reward_node import RewardNode
+
+    params = flat_params({**reward_params(tiny_model()), 'autostart': False})
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.clock_back'))
+    node = RewardNode(context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in params.items()] + [
+        Parameter('use_sim_time', value=True)])
+    published = []
+    try:
+        assert node._configure() is None
+        node.reward_pub.publish = lambda msg: published.append(msg.data)
+        node.stamped_pub.publish = lambda msg: published.append(
+            ('stamp', msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+        joint, goal = node._inputs.streams[:2]
+        period = node.period
+
+        def run(start, seconds):
+            t = start
+            while t < start + seconds:
+                node.get_clock().set_ros_time_override(Time(nanoseconds=int(round(t * 1e9))))
+                stamp = sec_to_stamp(t)
+                node._inputs._on_joint_state(joint, make_joint_state(
+                    ('robot_x', 'robot_y'), [0.3, 0.7], stamp))
+                node._inputs._on_pose(goal, make_pose_stamped(*GOAL, 0.0, stamp))
+                node._on_forward(make_float64_array(COMMAND))
+                node._tick()
+                t += period
+        run(20.0, 10.0)
+        stamps = [v for k, v in (p for p in published if isinstance(p, tuple))]
+        assert stamps and max(stamps) < 30.0
+        before = len(stamps)
+        run(1.0, 3.0)  # the new timeline: scored once its first chunks have been executed
+        new = [v for k, v in (p for p in published if isinstance(p, tuple))][before:]
+        assert new and all(1.0 <= s < 4.0 for s in new), new[:5]
+        assert all(np.isfinite(v) for v in published if not isinstance(v, tuple))
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

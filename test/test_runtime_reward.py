@@ -91,6 +91,22 @@ def test_models_without_an_energy_and_bad_inputs_are_refused(tiny):
         reward(np.zeros((2, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match='non-finite'):
         reward(np.zeros((2, 3)), np.full((4, 2), np.inf))
+    with pytest.raises(ValueError, match='not finite in float32'):  # finite in float64 only
+        reward(np.zeros((2, 3)), np.full((4, 2), 1e39))
+
+
+def test_an_energy_graph_that_returns_nan_is_an_error_not_a_reward(tiny, monkeypatch):
+    model = load_model(tiny['energyflow'][0])
+    reward = EnergyReward(model)
+    real = model.run
+
+    def corrupt(graph, feeds):
+        out = dict(real(graph, feeds))
+        out['energies'] = np.full_like(out['energies'], np.nan)
+        return out
+    monkeypatch.setattr(model, 'run', corrupt)
+    with pytest.raises(ValueError, match='returned non-finite energies'):
+        reward(np.zeros((2, 3)), np.zeros((4, 2)))
 
 
 def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp_path):
@@ -107,6 +123,9 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     z_obs = reward._planner.normalize_obs(obs.reshape(20, 2, 1), batched=True)
     e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
     assert e_ref.shape == (20, model.metadata.sampler.n_particles)
+    # the same pair scores the same on every call (the sampled references are not redrawn)
+    again = [reward(obs[0].reshape(2, 1), chunks[0]) for _ in range(3)]
+    assert again[0] == again[1] == again[2]
 
 
 def test_policy_value_with_ranked_proposal_draws(tmp_path):

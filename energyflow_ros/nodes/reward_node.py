@@ -19,7 +19,8 @@ Topics:
     ``/energyflow/reward`` (std_msgs/Float64): r.
     ``/energyflow/reward_stamped`` (geometry_msgs/PointStamped): ``header.stamp`` = the
         observation's stamp, ``point.x`` = r, ``point.y`` = E of the executed chunk,
-        ``point.z`` = the mean reference energy (so x = z - y for ``centered``).
+        ``point.z`` = the mean reference energy (so x = z - y for ``centered``; 0 for
+        ``occupancy``, which has no references).
         PointStamped is the standard header-carrying message with three float64 fields: it
         records, plots and bags with every stock tool, and needs no custom message package
         (this is an ament_python package).
@@ -126,7 +127,8 @@ class RewardNode(AutostartMixin, LifecycleNode):
         self._to_model = np.array([self.joint_names.index(n) for n in meta.joint_names])
         self._inputs = ObservationInputs(self, meta, self.joint_names,
                                          observation_params(self, self._stream_names),
-                                         self._lock, self._on_input_error)
+                                         self._lock, self._on_input_error,
+                                         on_jump=self._forget_timeline)
         self._commands: deque[tuple[float, np.ndarray]] = deque()
         self._pending: deque[tuple[float, np.ndarray]] = deque()
         self._last_obs_stamp = float('nan')
@@ -180,6 +182,15 @@ class RewardNode(AutostartMixin, LifecycleNode):
     def _on_input_error(self, message: str) -> None:
         self.input_errors += 1
         self.get_logger().warning(f'rejected input: {message}', throttle_duration_sec=1.0)
+
+    def _forget_timeline(self) -> None:
+        """The clock went back: windows and commands of the old timeline can never be scored
+        (and would block the new one's), so they are dropped."""
+        dropped = len(self._pending)
+        self._pending.clear()
+        self._commands.clear()
+        self._last_obs_stamp = float('nan')
+        self.skipped += dropped
 
     def _store_command(self, cmd: np.ndarray) -> None:
         if not np.all(np.isfinite(cmd)):
@@ -240,8 +251,14 @@ class RewardNode(AutostartMixin, LifecycleNode):
         meta = self.meta
         z_obs = (obs - np.asarray(meta.obs_mean)) / np.asarray(meta.obs_std)
         z_act = (chunk - np.asarray(meta.action_mean)) / np.asarray(meta.action_std)
-        energy, ref = self.reward.energies(z_obs[None], z_act[None])
-        e, e_ref = float(energy[0]), float(np.mean(ref[0].astype(np.float64)))
+        try:
+            energy, ref = self.reward.energies(z_obs[None], z_act[None])
+        except ValueError as exc:
+            self.skipped += 1
+            self._on_input_error(f'window at {t_obs:.3f} s not scored: {exc}')
+            return
+        # occupancy has no reference chunks: z is 0 (x = -y)
+        e, e_ref = float(energy[0]), float(np.mean(ref[0], dtype=np.float64)) if ref.size else 0.0
         reward = float(reward_from_energies(energy, ref, self.reward.reference,
                                             self.reward.variant)[0])
         self.reward_pub.publish(Float64(data=reward))

@@ -120,6 +120,7 @@ class EnergyReward:
                 raise ValueError(f'{model.path}: the policy_value reward needs the loaded '
                                  'sampler graph of an energy model')
             self._planner = ChunkPlanner(model, seed=seed, warm_start=False)
+        self._seed = seed
         if variant == 'occupancy' and not meta.joint_density:
             raise ValueError(f'{model.path}: the occupancy reward needs an energy fitted over '
                              'observations too (train energyflow with obs_noise_max > 0); '
@@ -139,20 +140,32 @@ class EnergyReward:
 
         Returns:
             (B,) chunk energies and (B, M) reference energies (``policy_value``: M = N
-            sampled particles; ``occupancy``: M = 0).
+            sampled particles, drawn with the same noise on every call, so a pair's reward
+            does not change between calls; ``occupancy``: M = 0).
+
+        Raises:
+            ValueError: an input is not finite in float32 (the graphs' type), or the energy
+                graph returned non-finite energies.
         """
         b = obs.shape[0]
+        obs, actions = obs.astype(np.float32), actions.astype(np.float32)
+        if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(actions))):
+            raise ValueError('normalised observations or actions are not finite in float32 '
+                             '(values beyond 3.4e38 after normalisation)')
         if self.variant == 'occupancy':
             refs = np.zeros((b, 0, *self.reference.shape[1:]), np.float32)
         elif self._planner is None:
             refs = np.broadcast_to(self.reference, (b, *self.reference.shape))
         else:
-            obs = obs.astype(np.float32)
+            self._planner.reset(seed=self._seed)
             refs = self._planner.particles(obs)
-        cands = np.concatenate([actions[:, None].astype(np.float32), refs], axis=1)
-        out = self.model.run('energy', {'obs': obs.astype(np.float32), 'actions': cands,
+        cands = np.concatenate([actions[:, None], refs], axis=1)
+        out = self.model.run('energy', {'obs': obs, 'actions': cands,
                                         'sigma': np.array([self.sigma], dtype=np.float32)})
         e = out['energies']
+        if not np.all(np.isfinite(e)):
+            raise ValueError(f'{self.model.path}: the energy graph returned non-finite '
+                             'energies for finite inputs')
         return e[:, 0], e[:, 1:]
 
     def __call__(self, obs_history: np.ndarray, actions: np.ndarray) -> np.ndarray | float:
