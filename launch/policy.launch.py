@@ -9,7 +9,8 @@ Arguments:
     config: parameter file for policy_node and reward_node; default: config/policy.yaml.
     sim: also start sim_node with config/sim.yaml (true/false); default true.
     reward: also start reward_node (true/false); default true.
-    control_rate: policy command rate in Hz; default 50.0.
+    control_rate: policy command rate in Hz; default: the config's control_rate_hz (50 in
+        config/policy.yaml). Set, it overrides the config.
 
 policy_node and reward_node are lifecycle nodes started with ``autostart: true``: each
 configures (loads and warms up its model) and activates itself, so no lifecycle manager is
@@ -20,11 +21,12 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+from energyflow_ros.nodes.params import control_rate_override
 
 PACKAGE = 'energyflow_ros'
 DEFAULT_MODEL = 'obstacles2d_energyflow.onnx'
@@ -46,19 +48,23 @@ def generate_launch_description() -> LaunchDescription:
                               description='start the simulated robot (sim_node)'),
         DeclareLaunchArgument('reward', default_value='true',
                               description='start the reward node'),
-        DeclareLaunchArgument('control_rate', default_value='50.0',
-                              description='policy command rate (Hz)'),
+        DeclareLaunchArgument('control_rate', default_value='',
+                              description="policy command rate (Hz); empty: the config's"),
     ]
     overrides = {'model_path': model, 'autostart': True}
     sim = Node(
         package=PACKAGE, executable='sim_node', name='sim_node', output='screen',
         parameters=[os.path.join(share, 'config', 'sim.yaml')],
         condition=IfCondition(LaunchConfiguration('sim')))
-    policy = LifecycleNode(
-        package=PACKAGE, executable='policy_node', name='policy_node', namespace='',
-        output='screen',
-        parameters=[config, overrides, {'control_rate_hz': ParameterValue(
-            LaunchConfiguration('control_rate'), value_type=float)}])
+
+    def policy_node(context, *args, **kwargs):
+        # the rate overrides the config only when given (a later parameters entry wins)
+        rate = control_rate_override(LaunchConfiguration('control_rate').perform(context))
+        return [LifecycleNode(
+            package=PACKAGE, executable='policy_node', name='policy_node', namespace='',
+            output='screen', parameters=[config, overrides, *rate])]
+
+    policy = OpaqueFunction(function=policy_node)
     reward = LifecycleNode(
         package=PACKAGE, executable='reward_node', name='reward_node', namespace='',
         output='screen', parameters=[config, overrides],

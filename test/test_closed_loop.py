@@ -67,3 +67,14 @@ def test_a_run_that_times_out_is_an_error_not_a_report(tmp_path):
     assert ('was not active after --timeout 3 s' in proc.stderr
             or 'of 50 episodes finished within --timeout 3 s' in proc.stderr), proc.stderr
     assert not (tmp_path / 'closed_loop.json').exists()
+
+
+def test_a_loop_that_ran_but_failed_its_task_or_rate_is_an_error():
+    from energyflow_ros.cli.closed_loop import failures
+
+    good = {'episodes': 3, 'success': 2 / 3, 'achieved_command_rate_hz': 49.0,
+            'control_rate_hz': 50.0}
+    assert failures(good) == []
+    assert failures({**good, 'success': 0.0}) == ['no episode of 3 reached the goal']
+    assert failures({**good, 'achieved_command_rate_hz': 0.0}) == [
+        'commands reached the simulator at 0.0 Hz, under half the 50 Hz control rate']

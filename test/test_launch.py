@@ -19,7 +19,7 @@ from test.ros_helpers import domain_id, flat_params, REPO, ros_env
 
 LAUNCH = os.path.join(REPO, 'launch', 'policy.launch.py')
 ARGUMENTS = {'model': None, 'config': None, 'sim': 'true', 'reward': 'true',
-             'control_rate': '50.0'}
+             'control_rate': ''}
 NODE_MODULES = {'policy_node': 'energyflow_ros.nodes.policy_node',
                 'reward_node': 'energyflow_ros.nodes.reward_node',
                 'sim_node': 'energyflow_ros.nodes.sim_node'}
@@ -69,11 +69,18 @@ def test_path_defaults_point_at_shipped_files():
     assert sim['task'] == 'obstacles2d'  # the shipped default model's task
 
 
-def test_control_rate_default_matches_the_config():
-    with open(os.path.join(REPO, 'config', 'policy.yaml'), encoding='utf-8') as handle:
-        config = yaml.safe_load(handle)
-    rate = config['policy_node']['ros__parameters']['control_rate_hz']
-    assert float(ast.literal_eval(_declared_arguments()['control_rate'])) == rate
+def test_the_control_rate_overrides_the_config_only_when_given():
+    from energyflow_ros.nodes.params import control_rate_override
+
+    assert control_rate_override('') == []  # config:=arm.yaml keeps its control_rate_hz
+    assert control_rate_override('250') == [{'control_rate_hz': 250.0}]
+    for bad in ('fast', '-5', 'nan', 'inf'):
+        with pytest.raises(ValueError, match=f"control_rate:={bad!r} is not a positive rate"):
+            control_rate_override(bad)
+    source = ast.unparse(_tree())  # the launch file passes it after the config file
+    assert "parameters=[config, overrides, *rate]" in source
+    assert "control_rate_override(LaunchConfiguration('control_rate').perform(context))" in \
+        source
 
 
 def test_readme_launch_usages_use_declared_arguments():

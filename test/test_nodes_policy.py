@@ -343,7 +343,8 @@ def test_float64_array_honours_data_offset_and_length():
 def test_trajectory_by_name_reorders_and_rejects_unknown_joints():
     from trajectory_msgs.msg import JointTrajectoryPoint
 
-    from energyflow_ros.nodes.messages import sec_to_duration, trajectory_by_name
+    from energyflow_ros.nodes.messages import (make_joint_trajectory, sec_to_duration,
+                                               trajectory_by_name)
 
     msg = JointTrajectory(joint_names=['b', 'a'])
     msg.points = [JointTrajectoryPoint(positions=[2.0, 1.0],
@@ -353,6 +354,10 @@ def test_trajectory_by_name_reorders_and_rejects_unknown_joints():
     assert times.tolist() == [0.5]
     msg.joint_names = ['b', 'elbow']
     with pytest.raises(ValueError, match=r"unknown \['elbow'\], missing \['a'\]"):
+        trajectory_by_name(msg, ['a', 'b'])
+    msg = make_joint_trajectory(['a', 'b'], [1.0, 2.0], 0.5)
+    msg.points = [msg.points[0], copy.deepcopy(msg.points[0])]  # both at 0.5 s
+    with pytest.raises(ValueError, match=r'time_from_start must increase .*\[0.5, 0.5\]'):
         trajectory_by_name(msg, ['a', 'b'])
 
 

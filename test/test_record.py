@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -94,3 +95,38 @@ def test_a_time_scale_the_simulator_refuses_is_a_usage_error(tmp_path):
         [sys.executable, '-m', 'energyflow_ros.cli.record', '--out', str(tmp_path),
          '--time-scale', '50'], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and '--time-scale 50: expected 0.1 .. 20' in proc.stderr
+
+
+def test_a_recording_stopped_by_sigterm_keeps_a_readable_bag(tmp_path):
+    """What timeout, systemd and docker stop send: the bag so far is kept, with its index."""
+    import signal
+
+    from sensor_msgs.msg import JointState
+
+    from test.ros_helpers import Probe, wait_until
+
+    domain = domain_id(f'{__name__}.sigterm')
+    probe = Probe(domain, 'record_probe')
+    try:
+        joints = probe.record(JointState, '/joint_states', 100)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'energyflow_ros.cli.record', '--out', str(tmp_path),
+             '--episodes', '100', '--timeout', '120', '--time-scale', '5'], cwd=REPO,
+            env=ros_env(domain), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_until(lambda: len(joints) > 30, 60), 'the recording never started'
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        probe.close()
+    assert proc.returncode == 1, err[-2000:]
+    assert 'interrupted; the ' in err and 'are kept in' in err and 'Traceback' not in err, err
+    kept = tmp_path / 'bag_mcap'
+    assert (kept / 'metadata.yaml').is_file()
+    from rosbags.highlevel import AnyReader
+    with AnyReader([kept]) as reader:
+        assert reader.message_count > 30

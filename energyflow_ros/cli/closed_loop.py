@@ -160,8 +160,12 @@ def run_closed_loop(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         rclpy.try_shutdown()
         stop_nodes(procs)
-    _plot(monitor, report, os.path.join(args.out, 'closed_loop.png'))
     write_files(args.out, {'closed_loop.json': json.dumps(report, indent=2)})
+    try:
+        _plot(monitor, report, os.path.join(args.out, 'closed_loop.png'))
+    except Exception as exc:  # noqa: BLE001  (a missing matplotlib must not lose the report)
+        print(f'energyflow-closed-loop: warning: closed_loop.png not written '
+              f'({type(exc).__name__}: {exc})', file=sys.stderr)
     return report
 
 
@@ -284,8 +288,21 @@ def _print(report: dict[str, Any]) -> None:
           f"({report['reward_messages']} messages)")
 
 
+def failures(report: dict[str, Any]) -> list[str]:
+    """What makes a finished run a failed demonstration of the loop (empty: it worked)."""
+    problems = []
+    if report['success'] <= 0:
+        problems.append(f"no episode of {report['episodes']} reached the goal")
+    rate, asked = report['achieved_command_rate_hz'], report['control_rate_hz']
+    if rate < 0.5 * asked:
+        problems.append(f'commands reached the simulator at {rate:.1f} Hz, under half the '
+                        f'{asked:g} Hz control rate')
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the loop and print the report; exit 1 when it could not run."""
+    """Run the loop and print the report; exit 1 when it could not run, or when no episode
+    succeeded or commands flowed at under half the control rate (the report is written)."""
     args = _parse(argv)
     try:
         report = run_closed_loop(args)
@@ -294,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print(report)
     print(f"wrote {os.path.join(args.out, 'closed_loop.json')} and closed_loop.png")
-    return 0
+    problems = failures(report)
+    for problem in problems:
+        print(f'energyflow-closed-loop: error: {problem}', file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == '__main__':

@@ -18,17 +18,19 @@ is sent).
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import json
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import JointState
@@ -193,17 +195,35 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         if not driver.finished.is_set():
             raise RuntimeError(f'no end of recording after {args.timeout:g} s')
         demos = driver.demos()
-    except (RuntimeError, KeyboardInterrupt) as exc:
-        # keep what was recorded, as ros2 bag record does when stopped
+    except (RuntimeError, KeyboardInterrupt, ExternalShutdownException) as exc:
+        # keep what was recorded, as ros2 bag record does when stopped (Ctrl-C or SIGTERM)
         frames = len(driver.frames) if driver is not None else 0
-        reason = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
-        raise RuntimeError(f'{reason}; the {len(recorder.messages)} messages recorded so far '
-                           f'({frames} expert frames) are kept in {recorder.close()}') from exc
+        interrupted = isinstance(exc, (KeyboardInterrupt, ExternalShutdownException))
+        with _signals_ignored():
+            kept = recorder.close()
+        raise RuntimeError(f"{'interrupted' if interrupted else exc}; the "
+                           f'{len(recorder.messages)} messages recorded so far ({frames} expert '
+                           f'frames) are kept in {kept}') from exc
     finally:
         rclpy.try_shutdown()
         if sim is not None:
             stop_nodes([sim])
-    return {**_write_outputs(args, recorder, demos), 'episodes_joined_late': driver.joined_late}
+    with _signals_ignored():
+        outputs = _write_outputs(args, recorder, demos)
+    return {**outputs, 'episodes_joined_late': driver.joined_late}
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while the bag is written: cut there, it would lack its index
+    and metadata.yaml and could not be read."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_outputs(args: argparse.Namespace, recorder: BagRecorder,

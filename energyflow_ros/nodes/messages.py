@@ -233,7 +233,8 @@ def trajectory_by_name(msg: JointTrajectory, names: Sequence[str]) -> tuple[np.n
         ``(times (P,), positions (P, J))``.
 
     Raises:
-        ValueError: unknown or missing joints, no points, ragged or non-finite positions.
+        ValueError: unknown or missing joints, no points, ragged or non-finite positions,
+            times that do not increase.
     """
     got = list(msg.joint_names)
     unknown = [n for n in got if n not in names]
@@ -254,4 +255,7 @@ def trajectory_by_name(msg: JointTrajectory, names: Sequence[str]) -> tuple[np.n
     positions = np.array(rows, dtype=np.float64)
     if not np.all(np.isfinite(positions)):
         raise ValueError('JointTrajectory holds non-finite positions')
+    if np.any(np.diff(times) <= 0):
+        raise ValueError(f'JointTrajectory time_from_start must increase from point to point '
+                         f'(got {[round(t, 6) for t in times]} s)')
     return np.array(times), positions

@@ -241,3 +241,21 @@ def latched_qos() -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def control_rate_override(text: str) -> list[dict[str, float]]:
+    """The launch file's ``control_rate`` argument as a parameters entry: none when empty (the
+    config's ``control_rate_hz`` stands), else ``[{'control_rate_hz': rate}]``.
+
+    Raises:
+        ValueError: the text is not a positive number of Hz.
+    """
+    if not text.strip():
+        return []
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float('nan')
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f'control_rate:={text!r} is not a positive rate in Hz')
+    return [{'control_rate_hz': rate}]
