@@ -514,10 +514,15 @@ class InProcessNode:
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
-    harness = InProcessNode()
-    try:
+    with InProcessNode() as harness:
         node, horizon = harness.node, harness.activate().horizon
         node._worker.plan_fn = lambda obs, shift: (np.full((horizon, 2), np.nan), 0.0)
         harness.run(10)
@@ -535,13 +540,10 @@ def test_a_sampler_that_never_plans_is_reported_as_an_error_naming_why():
         harness.run(int(RATE_HZ * 1.5 * horizon * node._loaded.metadata.control_period_s))
         level, message = node._level()
         assert level == 'error' and "last plan's final target: the sampler failed" in message
-    finally:
-        harness.close()
 
 
 def test_an_arm_far_outside_its_limits_gets_no_command_and_an_error_naming_the_joint():
-    harness = InProcessNode(joint_lower=[0.8, 0.0])  # the arm is measured at x = 0.5
-    try:
+    with InProcessNode(joint_lower=[0.8, 0.0]) as harness:  # the arm is measured at x = 0.5
         harness.activate()
         harness.run(5)
         assert harness.cmds and all(cmd is None for cmd in harness.cmds)  # nothing sent
@@ -552,13 +554,10 @@ def test_an_arm_far_outside_its_limits_gets_no_command_and_an_error_naming_the_j
         resumed = [cmd for cmd in harness.cmds[sent:] if cmd is not None]
         assert resumed and resumed[0][0] == pytest.approx(0.8, abs=0.012)  # eased in from it
         assert 'outside the limits' not in harness.node._level()[1]
-    finally:
-        harness.close()
 
 
 def test_after_the_clock_goes_back_the_old_plan_is_dropped_and_planning_resumes():
-    harness = InProcessNode()
-    try:
+    with InProcessNode() as harness:
         node = harness.node
         harness.activate()
         harness.run(10)
@@ -569,13 +568,10 @@ def test_after_the_clock_goes_back_the_old_plan_is_dropped_and_planning_resumes(
         assert node._worker.stats.plans > plans  # planned again on the new timeline
         assert node.queue.current.start_time < 5.0  # a plan of the new timeline
         assert node._level() == ('ok', 'running')
-    finally:
-        harness.close()
 
 
 def test_a_stopped_planning_thread_holds_the_arm_and_says_so():
-    harness = InProcessNode()
-    try:
+    with InProcessNode() as harness:
         node = harness.node
         harness.activate()
         harness.run(5)
@@ -584,5 +580,3 @@ def test_a_stopped_planning_thread_holds_the_arm_and_says_so():
         level, message = node._level()
         assert level == 'error' and 'planning thread has stopped' in message, message
         np.testing.assert_allclose(harness.cmds[-1], [0.5, 0.5])  # the measured position
-    finally:
-        harness.close()
