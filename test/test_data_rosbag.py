@@ -228,6 +228,46 @@ def test_shifted_joint_state_action_and_pose(tmp_path: Path) -> None:
     assert demos.obs_names == ['/tool/position/x', '/tool/position/y', '/tool/position/z']
 
 
+def test_the_next_measured_position_is_the_action_under_transport_latency(tmp_path: Path):
+    # /joint_states as observation and, shifted one frame, as action, received 15 ms after
+    # their stamps at 100 Hz: with the defaults both are read on the stamps' clock, so the
+    # action of frame k is message k + 1 and the observation message k
+    msgs = [('/joint_states', JS, T0 + i * 10_000_000 + 15_000_000,
+             joint_state(T0 + i * 10_000_000, JOINTS, [float(i), 0.0, 0.0])) for i in range(50)]
+    spec = {'observations': [{'topic': '/joint_states', 'type': JS, 'joints': JOINTS}],
+            'action': {'topic': '/joint_states', 'type': JS, 'joints': JOINTS,
+                       'shift_steps': 1}}
+    demos, _ = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    np.testing.assert_array_equal(demos.obs[:, 0], np.arange(49.0))
+    np.testing.assert_array_equal(demos.actions[:, 0], np.arange(1.0, 50.0))
+    mixed = {**spec, 'action': {**spec['action'], 'stamp': 'receive'}}
+    with pytest.raises(DemoError, match="stamp source of the observation stream on "
+                                        "/joint_states \\('header'\\)"):
+        read_rosbag(tmp_path / 'b', mixed)
+
+
+def test_a_fixed_rate_episode_never_takes_the_previous_episodes_command(tmp_path: Path):
+    # Int32 markers; episode 1's first command comes 30 ms after its marker: its first frame
+    # (at the marker) would hold episode 0's last command, so it is dropped, not mixed
+    i32 = 'std_msgs/msg/Int32'
+    msgs = [('/episode', i32, T0, TS.types[i32](data=0)),
+            ('/episode', i32, T0 + 2 * NS + 5_000_000, TS.types[i32](data=1))]
+    for i in range(40):
+        t = T0 + i * NS // 10
+        msgs.append(('/joint_states', JS, t + 2_000_000, joint_state(t, JOINTS,
+                                                                     [float(i), 0.0, 0.0])))
+        msgs.append(('/cmd', F64, t + (40_000_000 if i == 20 else 10_000_000),
+                     multi_array([1000.0 + i if i >= 20 else float(i), 0.0, 0.0])))
+    spec = {'rate_hz': 10.0,
+            'observations': [{'topic': '/joint_states', 'type': JS, 'joints': JOINTS}],
+            'action': {'topic': '/cmd', 'type': F64, 'joints': JOINTS},
+            'episodes': {'topic': '/episode', 'type': i32}}
+    demos, report = read_rosbag(write_bag(tmp_path / 'b', msgs), spec)
+    assert report.dropped['action /cmd: only a message from before the episode began'] == 1
+    second = demos.actions[demos.episode_ends[0]:, 0]
+    assert np.all(second >= 1000.0), second[:3]
+
+
 def test_planar_pose_fields_give_x_y_and_yaw(tmp_path: Path) -> None:
     g = 'geometry_msgs/msg/'
     yaws = [0.3 * i - 1.2 for i in range(8)]

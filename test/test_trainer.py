@@ -18,7 +18,7 @@ from energyflow_ros.sim.demos import collect_demos
 from energyflow_ros.sim.rollout import evaluate_policy
 from energyflow_ros.training.checkpoint import load_checkpoint
 from energyflow_ros.training.data_source import (
-    BatchOrder, DataConfig, expert_cache_path, load_demos, TRAIN_META_KEYS,
+    BatchOrder, DataConfig, expert_cache_path, load_demos, prepare_data, TRAIN_META_KEYS,
 )
 from energyflow_ros.training.ema import ExponentialMovingAverage
 from energyflow_ros.training.policy import ChunkPolicy
@@ -396,3 +396,27 @@ def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_generator(
     result = train(cfg, resume=True, log=lines.append)
     assert result.trainer.step == 10 and result.final_path
     assert any('random state was saved on cuda; continuing on cpu' in line for line in lines)
+
+
+def test_data_whose_names_are_the_tasks_in_another_order_is_put_in_the_tasks_order():
+    from energyflow_ros.sim.registry import task_info
+
+    info = task_info('blockpush')
+    rng = np.random.default_rng(0)
+    frames = 40
+    low, high = np.array(info.action_low), np.array(info.action_high)
+    actions = rng.uniform(low, high, (frames, 2))
+    obs = rng.normal(size=(frames, len(info.obs_names)))
+    swapped = DemoSet(obs=obs[:, ::-1], actions=actions[:, ::-1], episode_ends=[frames],
+                      obs_names=list(info.obs_names)[::-1],
+                      action_names=list(info.action_names)[::-1])
+    data = prepare_data(swapped, DataConfig(source='npz', path='x.npz'), 'blockpush', 2, 4, 2,
+                        info)
+    assert data.meta['joint_names'] == list(info.action_names)
+    assert data.meta['obs_names'] == list(info.obs_names)
+    assert data.meta['action_low'] == list(low) and data.meta['action_high'] == list(high)
+    in_order = prepare_data(DemoSet(obs=obs, actions=actions, episode_ends=[frames],
+                                    obs_names=list(info.obs_names),
+                                    action_names=list(info.action_names)),
+                            DataConfig(source='npz', path='x.npz'), 'blockpush', 2, 4, 2, info)
+    assert torch.equal(data.chunks, in_order.chunks) and torch.equal(data.obs, in_order.obs)

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 NS = 1_000_000_000
-OK, NO_MESSAGE, TOO_OLD, TOO_FAR, NON_FINITE, NO_LATER = range(6)
+OK, NO_MESSAGE, TOO_OLD, TOO_FAR, NON_FINITE, NO_LATER, BEFORE_EPISODE = range(7)
 _LOG = logging.getLogger(__name__)
 
 
@@ -241,6 +241,7 @@ def _reason(stream: Stream, code: int, shift: int) -> str:
         TOO_FAR: f'{stream.label}: no message within max_age_s ({stream.limit_s} s)',
         NON_FINITE: f'{stream.label}: non-finite value',
         NO_LATER: f'{stream.label}: no frame {shift} step(s) later in the episode',
+        BEFORE_EPISODE: f'{stream.label}: only a message from before the episode began',
     }[code]
 
 
@@ -275,7 +276,10 @@ def assemble_frames(ticks: Sequence[Ticks], observations: Sequence[Stream], acti
     for tick in ticks:
         picks = [_align(s, tick.times, mode) for s in observations]
         if tick.action_index is None:
-            picks.append(_shift(*_align(action, tick.times, mode), shift_steps))
+            idx, code = _align(action, tick.times, mode)
+            if len(action.stamps):  # held over from the previous episode (marker splits)
+                code[(code == OK) & (action.stamps[idx] < tick.times[0])] = BEFORE_EPISODE
+            picks.append(_shift(idx, code, shift_steps))
         else:
             picks.append(_shift(tick.action_index, np.zeros(len(tick.times), np.int8),
                                 shift_steps))

@@ -249,7 +249,8 @@ class ActionSpec:
             positions) or sensor_msgs/msg/JointState (by name, positions; use with
             ``shift_steps: 1`` to learn the measured position of the next frame).
         joints: joint names, in the order the actions are stored.
-        stamp: 'header' or 'receive'; default receive (command headers are often zero).
+        stamp: 'header' or 'receive'; default header for JointState (as its observation
+            stream), receive for commands (their headers are often zero).
         max_age_s: limit for aligning actions to a fixed-rate clock; default ``tolerance_s``.
         shift_steps: the action of frame k is this stream's value at frame k + shift_steps of
             the same episode; the last ``shift_steps`` frames of every episode are dropped.
@@ -269,7 +270,10 @@ class ActionSpec:
         object.__setattr__(self, 'type', msg_type)
         object.__setattr__(self, 'joints', tuple(self.joints))
         _check_names(owner, 'joints', self.joints, required=True)
-        object.__setattr__(self, 'stamp', _resolve_stamp(owner, msg_type, self.stamp, 'receive'))
+        # a JointState action (the measured position) is stamped like the JointState it is
+        # observed as; commands keep receive time (their headers are often zero)
+        default = 'header' if msg_type == JOINT_STATE else 'receive'
+        object.__setattr__(self, 'stamp', _resolve_stamp(owner, msg_type, self.stamp, default))
         _check_limit(owner, 'max_age_s', self.max_age_s)
         if isinstance(self.shift_steps, bool) or not isinstance(
                 self.shift_steps, int) or self.shift_steps < 0:
@@ -336,6 +340,12 @@ class BagSpec:
             _fail('BagSpec', 'action', self.action, 'an action stream')
         if not isinstance(self.episodes, EpisodeSpec):
             _fail('BagSpec', 'episodes', self.episodes, 'an episode spec')
+        for stream in self.observations:
+            if stream.topic == self.action.topic and stream.stamp != self.action.stamp:
+                _fail('BagSpec', 'action.stamp', self.action.stamp,
+                      f"the stamp source of the observation stream on {stream.topic} "
+                      f"({stream.stamp!r}): with two clocks on one topic, a frame's "
+                      'observation can be a later message than its action')
         if self.rate_hz is not None:
             _check_limit('BagSpec', 'rate_hz', self.rate_hz)
         if self.align not in ALIGN_MODES:

@@ -237,6 +237,27 @@ def _check_dims(demos: DemoSet, info: Any, task: str) -> None:
                             f'{len(names)} ({", ".join(names)})')
 
 
+def _in_task_order(demos: DemoSet, info: Any) -> DemoSet:
+    """``demos`` with its columns in the task's order when its names are the task's in
+    another order: the task's bounds, its simulator's observations and the exported joint
+    names are all in the task's order (names that are not the task's keep their positions)."""
+    def order(have: list[str], want: tuple[str, ...]) -> list[int] | None:
+        if list(have) == list(want) or sorted(have) != sorted(want):
+            return None
+        return [list(have).index(name) for name in want]
+
+    obs_order = order(demos.obs_names, info.obs_names)
+    act_order = order(demos.action_names, info.action_names)
+    if obs_order is None and act_order is None:
+        return demos
+    obs = demos.obs if obs_order is None else demos.obs[:, obs_order]
+    actions = demos.actions if act_order is None else demos.actions[:, act_order]
+    return DemoSet(obs=obs, actions=actions, episode_ends=demos.episode_ends,
+                   obs_names=list(demos.obs_names if obs_order is None else info.obs_names),
+                   action_names=list(demos.action_names if act_order is None
+                                     else info.action_names), meta=dict(demos.meta))
+
+
 def prepare_data(demos: DemoSet, cfg: DataConfig, task: str, n_obs: int, horizon: int,
                  executed_steps: int, info: Any = None) -> TrainingData:
     """Windows, normalisers and the checkpoint's ``train_meta`` for training on ``demos``.
@@ -255,6 +276,7 @@ def prepare_data(demos: DemoSet, cfg: DataConfig, task: str, n_obs: int, horizon
     """
     if info is not None:
         _check_dims(demos, info, task)
+        demos = _in_task_order(demos, info)
     obs, chunks = make_windows(demos, n_obs, horizon)
     obs_norm, act_norm = Normalizer.fit(obs), Normalizer.fit(demos.actions)
     low = info.action_low if info is not None else demos.actions.min(axis=0)
