@@ -157,19 +157,23 @@ def _sampler_parity(method: Method, model: onnx.ModelProto, graph: str,
     noise = scales * torch.randn((k, _B, _N, h, a), generator=gen)
     ref = reference_sampler(method, obs, init, schedule.sigmas, schedule.step_sizes, noise,
                             rank_sigma)
-    conditioned = is_sigma_conditioned(method)
-    with torch.no_grad():
-        ref_e = candidate_energies(method.energy, obs, ref.particles,
-                                   rank_sigma if conditioned else None)
     feed = {'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
             'sigmas': np.asarray(schedule.sigmas, dtype=np.float32),
             'step_sizes': np.asarray(schedule.step_sizes, dtype=np.float32),
             'rank_sigma': np.array([rank_sigma], dtype=np.float32)}
     action, energy, particles, energies = _session(model).run(
         ['action', 'energy', 'particles', 'energies'], feed)
+    # The ranking is checked on onnxruntime's own particles: they may differ from torch's
+    # within the tolerance, and at a small rank sigma the energy is steep enough that such a
+    # difference alone moves it past the tolerance, without any fault in the graph.
+    ort_particles = torch.as_tensor(particles)
+    conditioned = is_sigma_conditioned(method)
+    with torch.no_grad():
+        ref_e = candidate_energies(method.energy, obs, ort_particles,
+                                   rank_sigma if conditioned else None)
     same = _same_choice(energies, ref_e, atol, rtol)
     rows = np.arange(_B)
-    picked = ref.particles[rows, torch.as_tensor(np.argmin(energies, axis=1))]
+    picked = ort_particles[rows, torch.as_tensor(np.argmin(energies, axis=1))]
     return _compare(graph, [(particles, ref.particles), (energies, ref_e), (action, picked),
                             (energy, ref_e.min(dim=1).values)], rtol, same)
 
