@@ -420,3 +420,21 @@ def test_data_whose_names_are_the_tasks_in_another_order_is_put_in_the_tasks_ord
                                     action_names=list(info.action_names)),
                             DataConfig(source='npz', path='x.npz'), 'blockpush', 2, 4, 2, info)
     assert torch.equal(data.chunks, in_order.chunks) and torch.equal(data.obs, in_order.obs)
+
+
+def test_a_finished_run_resumed_with_other_sampler_settings_is_evaluated_with_them(
+        tmp_path, demo_npz):
+    # EnergyFlow's particle and step counts only drive its sampler: no retraining, but the
+    # reported evaluation and final.pt must be of the new ones
+    def cfg(*extra):
+        return tiny(tmp_path / 'run', demo_npz, 'eval.final=true', 'eval.episodes=1',
+                    'eval.max_steps=4', *extra, method='energyflow', steps=6)
+
+    first = train(cfg(), log=quiet).trainer.metrics
+    again = train(cfg('method_config.energyflow.flow.n_particles=2',
+                      'method_config.energyflow.flow.n_steps=2'), resume=True, log=quiet)
+    assert again.trainer.step == 6 and len(again.trainer.metrics) == len(first) + 1
+    assert 'eval_success' in again.trainer.metrics[-1]
+    flow = load_checkpoint(again.final_path).payload['train_config']['method_config'][
+        'energyflow']['flow']
+    assert (flow['n_particles'], flow['n_steps']) == (2, 2)

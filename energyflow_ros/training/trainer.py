@@ -58,9 +58,12 @@ RESUMABLE_CHANGES = ('eval', 'progress', 'device', 'checkpoint_every', 'log_ever
 RESUME_KEYS = ('state_dict', 'ema_state_dict', 'ema_updates', 'optimizer', 'scheduler', 'step',
                'batch_order', 'rng', 'train_config', 'metrics', 'running_metrics', 'elapsed_s',
                'train_meta')
-# The same inside ``method_config``, as (method, section, field): how a warm start samples.
+# The same inside ``method_config``, as (method, section, field): how EnergyFlow samples (its
+# flow settings only drive the sampler, never the loss).
 RESUMABLE_METHOD_CHANGES = (('energyflow', 'flow', 'warm_start_t'),
-                            ('energyflow', 'flow', 'warm_steps'))
+                            ('energyflow', 'flow', 'warm_steps'),
+                            ('energyflow', 'flow', 'n_particles'),
+                            ('energyflow', 'flow', 'n_steps'))
 
 
 def _weight_fields(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +442,7 @@ class Trainer:
         self.metric_name, self.log = metric_name, log
         # resumed with other warm-start settings: final.pt must be written again with them
         self._stale_final = False
-        # a finished run resumed with other evaluation settings: evaluate it again with them
+        # a finished run resumed with other evaluation or sampler settings: evaluate it again
         self._stale_eval = False
 
     def path(self, name: str) -> str:
@@ -534,8 +537,8 @@ class Trainer:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         self._stale_final = payload['train_config'].get('method_config') != \
             config['method_config']
-        self._stale_eval = int(payload['step']) >= self.cfg.optim.steps and \
-            _eval_results_differ(payload['train_config'], config)
+        self._stale_eval = int(payload['step']) >= self.cfg.optim.steps and (
+            _eval_results_differ(payload['train_config'], config) or self._stale_final)
         if changed:
             raise TrainError(f'{self.path("checkpoint.pt")} was written with different '
                              f'{changed}; resume with the same config or use another out_dir')
