@@ -127,3 +127,17 @@ def test_ddim_clips_the_clean_estimate_where_alpha_bar_is_tiny():
     assert torch.allclose(same, (x + 0.5) / 0.5 ** 0.5)  # inside the bound: untouched
     with pytest.raises(ConfigError, match='clip_sample'):
         DDIMConfig(clip_sample=-1.0)
+
+
+@pytest.mark.parametrize('name', ['annealed_langevin', 'proposal_langevin'])
+def test_a_warm_start_stays_in_the_mode_it_started_in(name):
+    # As the exported warm graphs do: the annealed sampler runs only its low-noise tail from
+    # the re-noised chunk (the whole schedule starts at sigma_max and forgets it), and the
+    # proposal sampler refines jittered copies instead of fresh proposal draws.
+    energy = MixtureEnergy(SQUARE_MODES, std=0.15)
+    sampler = _samplers(energy, chunk=(1, 2))[name]
+    obs = torch.zeros(256, 3)
+    start = SQUARE_MODES[0].view(1, 1, 1, 2).expand(256, 8, 1, 2)
+    result = sampler.sample(obs, torch.Generator().manual_seed(0), init=start)
+    near = (result.actions.view(256, 2) - SQUARE_MODES[0]).norm(dim=-1) < 0.5
+    assert near.float().mean() > 0.95, f'{name}: {near.float().mean():.2f} stayed'

@@ -24,8 +24,18 @@ from energyflow_ros.core.schedules import DDPMSchedule, VESchedule
 __all__ = [
     'SampleResult', 'shift_chunk', 'select_lowest', 'langevin_refine', 'AnnealedLangevinSampler',
     'ProposalLangevinSampler', 'ProbabilityFlowSampler', 'DerivativeFreeSampler',
-    'DDIMSampler', 'RegressionSampler', 'ddim_steps', 'ddim_update',
+    'DDIMSampler', 'RegressionSampler', 'ddim_steps', 'ddim_update', 'WARM_JITTER_STD',
+    'annealed_warm_steps',
 ]
+
+# warm start of sigma-free energies: std of the jitter added to the shifted previous chunk
+# (normalised action units). The exported warm graphs use the same.
+WARM_JITTER_STD = 0.05
+
+
+def annealed_warm_steps(n_steps: int) -> int:
+    """Steps of an annealed-Langevin warm start: the last quarter of the cold schedule."""
+    return max(1, n_steps // 4)
 
 
 @dataclass
@@ -114,13 +124,21 @@ class AnnealedLangevinSampler:
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
                init: torch.Tensor | None = None) -> SampleResult:
-        """Sample one chunk per observation (B, O); ``init`` (B, N, H, A) warm-starts."""
+        """Sample one chunk per observation (B, O); ``init`` (B, N, H, A) warm-starts.
+
+        A warm start runs only the last :func:`annealed_warm_steps` steps, from ``init``
+        re-noised to the first of them (as the exported warm graph does): the whole schedule
+        would start at sigma_max and forget the chunk.
+        """
         cfg = self.cfg
         sig = self.schedule.geometric(cfg.n_scales).tolist()
+        sigmas = [s for s in sig for _ in range(cfg.steps_per_scale)]
         if init is None:
             shape = (obs.shape[0], cfg.n_particles, *self.chunk_shape)
             init = sig[0] * torch.randn(shape, generator=generator, device=obs.device)
-        sigmas = [s for s in sig for _ in range(cfg.steps_per_scale)]
+        else:
+            sigmas = sigmas[-annealed_warm_steps(len(sigmas)):]
+            init = init + sigmas[0] * _noise(init, generator)
         steps = [cfg.step_size * s * s for s in sigmas]
         a = langevin_refine(self.energy, obs, init, sigmas, steps, cfg.noise, generator)
         with torch.no_grad():
@@ -140,12 +158,15 @@ class ProposalLangevinSampler:
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
                init: torch.Tensor | None = None) -> SampleResult:
-        """Sample one chunk per observation; ``init`` particles join the proposal's draws."""
+        """Sample one chunk per observation; ``init`` (B, N, H, A) warm-starts: those chunks,
+        jittered by :data:`WARM_JITTER_STD`, replace the proposal's draws (as the exported warm
+        graph does); with no Langevin steps every chunk is drawn afresh."""
         cfg = self.cfg
-        cands = self.proposal(obs, cfg.n_particles, generator=generator)
-        if init is not None:
-            cands = torch.cat([init.to(cands), cands], dim=1)
         n_steps = cfg.n_scales * cfg.steps_per_scale
+        if init is None or n_steps == 0:  # without steps the draws are only ranked: no warm start
+            cands = self.proposal(obs, cfg.n_particles, generator=generator)
+        else:
+            cands = init + WARM_JITTER_STD * _noise(init, generator)
         a = langevin_refine(self.energy, obs, cands, [self.sigma] * n_steps,
                             [cfg.step_size] * n_steps, cfg.noise, generator)
         with torch.no_grad():

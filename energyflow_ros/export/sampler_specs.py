@@ -30,14 +30,12 @@ from energyflow_ros.core.methods import (
     DiffusionMethod, EnergyFlowMethod, IBCMethod, InterpolatingRNCEMethod, Method, MSEMethod,
     RNCEMethod,
 )
+from energyflow_ros.core.samplers import annealed_warm_steps, WARM_JITTER_STD
 from energyflow_ros.runtime.model_format import SamplerSpec, StepSchedule
 
 __all__ = ['sampler_spec', 'reward_sigma', 'probability_flow_schedule', 'WARM_JITTER_STD',
            'IBC_LANGEVIN_PARTICLES', 'IBC_LANGEVIN_STEPS']
 
-# warm start of sigma-free energies: std of the jitter added to the shifted previous chunk
-# (normalised action units).
-WARM_JITTER_STD = 0.05
 IBC_LANGEVIN_PARTICLES = 64
 IBC_LANGEVIN_STEPS = 20
 _IBC_STEP_INIT, _IBC_STEP_FINAL, _IBC_STEP_POWER = 1e-1, 1e-5, 2.0
@@ -106,7 +104,7 @@ def _irnce(method: InterpolatingRNCEMethod, n: int | None, k: int | None,
     noise = [cfg.noise * (2.0 * e) ** 0.5 for e in steps]
     cold = StepSchedule(tuple(sigmas), tuple(steps), tuple(noise), scales[0])
     return SamplerSpec('gradient', n or cfg.n_particles, 'gaussian', method.schedule.sigma_min,
-                       cold, _tail(cold, warm or max(1, cold.n_steps // 4)))
+                       cold, _tail(cold, warm or annealed_warm_steps(cold.n_steps)))
 
 
 def _rnce(method: RNCEMethod, n: int | None, k: int | None, warm: int | None) -> SamplerSpec:
@@ -130,7 +128,7 @@ def _ibc(method: IBCMethod, n: int | None, k: int | None, warm: int | None) -> S
              for f in frac]
     cold = StepSchedule((0.0,) * k, tuple(0.5 * s for s in sizes), tuple(sizes), 1.0)
     return SamplerSpec('gradient', n or IBC_LANGEVIN_PARTICLES, 'gaussian', 0.0, cold,
-                       _tail(cold, warm or max(1, k // 4), WARM_JITTER_STD))
+                       _tail(cold, warm or annealed_warm_steps(k), WARM_JITTER_STD))
 
 
 def sampler_spec(method: Method, n_particles: int | None = None, n_steps: int | None = None,
