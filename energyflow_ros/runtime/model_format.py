@@ -173,7 +173,7 @@ class SamplerSpec:
         kind: one of :data:`SAMPLER_KINDS`.
         n_particles: default N.
         init: one of :data:`INIT_KINDS`.
-        rank_sigma: sigma at which particles are ranked (and the reward is evaluated).
+        rank_sigma: sigma at which particles are ranked (the reward uses ``reward_sigma``).
         cold: schedule of the ``sampler`` graph (None for ddim/regression).
         warm: schedule of the ``warm_sampler`` graph (None when not exported).
         ddim_steps: DDIM steps unrolled into a ``ddim`` sampler graph (None otherwise; models
