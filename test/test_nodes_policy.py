@@ -511,6 +511,8 @@ class InProcessNode:
     def close(self):
         import rclpy
 
+        if self.node._worker is not None:
+            self.node._worker.stop()  # the idle planning thread
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
 

@@ -247,11 +247,11 @@ def test_a_sampler_call_in_flight_at_stop_is_waited_for_not_run_twice():
         assert not worker.stop(timeout=0.05)  # still inside the sampler
         with pytest.raises(RuntimeError, match='still inside the sampler'):
             worker.start(timeout=0.05)
+        old = worker._thread
         threading.Timer(0.1, release.set).start()
         worker.start(timeout=5.0)  # waits for the old thread to return, then starts one
         assert worker.stats.discarded == 1  # its plan was made before the stop: dropped
-        planners = [t for t in threading.enumerate() if t.name == 'energyflow-planner']
-        assert len(planners) == 1 and worker.running
+        assert not old.is_alive() and worker._thread is not old and worker.running
         for _ in range(400):
             if queue.current is not None:
                 break
