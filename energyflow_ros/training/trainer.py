@@ -440,7 +440,7 @@ class Trainer:
         self._sums: dict[str, float] = {}
         self._count, self._lr = 0, cfg.optim.lr
         self.metric_name, self.log = metric_name, log
-        # resumed with other warm-start settings: final.pt must be written again with them
+        # resumed with other sampler settings: final.pt must be written again with them
         self._stale_final = False
         # a finished run resumed with other evaluation or sampler settings: evaluate it again
         self._stale_eval = False
@@ -611,15 +611,14 @@ class Trainer:
             # (no collective; final.pt is not resumed from, so its own generator state suffices)
             self._save_final(self.extra(self.elapsed_s, gather=False))
 
-
     def _evaluate_again(self) -> None:
-        """A finished run resumed with other evaluation settings: evaluate the final weights
-        with them, log it as a row of the last step and keep it in the checkpoint (collective
-        in DDP, like :meth:`save`; rank 0 evaluates)."""
+        """A finished run resumed with other evaluation or sampler settings: evaluate the final
+        weights with them, log it as a row of the last step and keep it in the checkpoint
+        (collective in DDP, like :meth:`save`; rank 0 evaluates)."""
         row = {'step': self.step, 'epoch': self.order.epoch, 'wall_s': round(self.elapsed_s, 3)}
         if self.ctx.is_main:
             row.update(self.evaluate())
-            self.log(f'trainer: finished run evaluated again with the new eval settings: '
+            self.log(f'trainer: finished run evaluated again with the new settings: '
                      f"success {row.get('eval_success', float('nan')):.3f}")
         self.metrics.append(row)
         if self.ctx.is_main:
