@@ -77,6 +77,25 @@ def test_sac_training_leaves_no_log_folder_behind(config, tmp_path, monkeypatch)
     assert [name for name in os.listdir(tmp_path) if name.startswith('SB3-')] == []
 
 
+@pytest.mark.parametrize('source', ['true', 'gail'])
+def test_each_rl_seed_trains_on_its_own_episodes_not_the_demonstrations(config, source):
+    # SAC(seed=s) reseeds the environment's next reset with s itself (the demonstrations'
+    # episodes 0, 1, 2 ...); training must start at the seed's own episodes instead
+    from energyflow_ros.rl.train import train_episode_seed
+
+    demos = expert_trajectories(config, [0, 1]) if source == 'gail' else None
+    model, _ = train_agent(source, config, 60, 1, SACConfig(learning_starts=20, batch_size=8,
+                                                            net=(8,)), demos=demos)
+    env = model.get_env()
+    while hasattr(env, 'venv'):  # imitation's reward and buffering wrappers
+        env = env.venv
+    seen = env.envs[0].unwrapped._next_seed
+    assert train_episode_seed(1) < seen < train_episode_seed(1) + 100, seen
+    assert train_episode_seed(19) + 10_000 <= 900_000  # clear of the evaluation episodes
+    with pytest.raises(ValueError, match='RL seed 20: expected 0 .. 19'):
+        train_episode_seed(20)
+
+
 def test_replaying_expert_trajectories_reproduces_them(config):
     trajectories = expert_trajectories(config, [1000, 1001, 1002])
     assert len(trajectories) == 3

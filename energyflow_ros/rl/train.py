@@ -118,6 +118,20 @@ def scaled_energy_reward(model: OnnxModel, config: ChunkEnvConfig, variant: str,
     return scaled
 
 
+def train_episode_seed(seed: int) -> int:
+    """Seed of the first training episode of RL seed ``seed`` (episodes count up from it;
+    10,000 apart, so seeds 0-19 stay clear of each other and of the evaluation episodes).
+
+    Raises:
+        ValueError: a seed whose training episodes would reach the evaluation episodes.
+    """
+    limit = (EVAL_SEED - TRAIN_SEED) // 10_000
+    if not 0 <= seed < limit:
+        raise ValueError(f'RL seed {seed}: expected 0 .. {limit - 1} (training episodes must '
+                         'stay below the evaluation seeds)')
+    return TRAIN_SEED + 10_000 * seed
+
+
 def _sac(env: Any, sac: SACConfig, seed: int) -> Any:
     from stable_baselines3 import SAC
     from stable_baselines3.common.logger import Logger
@@ -127,6 +141,10 @@ def _sac(env: Any, sac: SACConfig, seed: int) -> Any:
                 train_freq=sac.train_freq, gradient_steps=sac.gradient_steps,
                 ent_coef=sac.ent_coef, gamma=sac.gamma,
                 policy_kwargs={'net_arch': list(sac.net)})
+    # SAC(seed=...) seeds the environment's next reset with ``seed`` itself (0, 1, 2: the
+    # demonstrations' episodes, and each RL seed one episode after the last): start it at this
+    # seed's own training episodes instead.
+    model.get_env().seed(train_episode_seed(seed))
     # Without a logger of its own, every learn() makes an empty /tmp/SB3-<time> folder.
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
@@ -143,8 +161,7 @@ def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.nda
     from imitation.util.networks import RunningNorm
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    venv = DummyVecEnv([lambda: ChunkEnv(config, seed=TRAIN_SEED + 100_000 * seed)])
-    venv.seed(seed)
+    venv = DummyVecEnv([lambda: ChunkEnv(config, seed=train_episode_seed(seed))])
     trajectories = [Trajectory(obs=d['obs'], acts=d['acts'], infos=None, terminal=True)
                     for d in demos]
     learner = _sac(venv, sac, seed)
@@ -162,6 +179,7 @@ def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.nda
         n_disc_updates_per_round=4, venv=venv, gen_algo=learner, reward_net=net,
         gen_train_timesteps=round_steps, allow_variable_horizon=False,
         init_tensorboard=False, custom_logger=imitation_logger.configure(format_strs=[]))
+    venv.seed(train_episode_seed(seed))  # the generator's first reset (see _sac)
     trainer.train(steps)
     return learner
 
@@ -188,7 +206,7 @@ def train_agent(source: str, config: ChunkEnvConfig, steps: int, seed: int,
         if source == 'energyflow' and reward is None:
             raise ValueError('the energyflow source needs the extracted reward')
         env = ChunkEnv(config, reward=reward if source == 'energyflow' else None,
-                       seed=TRAIN_SEED + 100_000 * seed)
+                       seed=train_episode_seed(seed))
         model = _sac(env, sac, seed)
         model.learn(steps)
     elif source in ('gail', 'airl'):
