@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ['POINT_TYPES', 'cloud_points']
+__all__ = ['POINT_TYPES', 'cloud_points', 'cloud_summary']
 
 POINT_TYPES = {1: 'i1', 2: 'u1', 3: 'i2', 4: 'u2', 5: 'i4', 6: 'u4', 7: 'f4', 8: 'f8'}
 """sensor_msgs/PointField datatypes -> numpy type codes."""
@@ -58,3 +58,11 @@ def cloud_points(msg: Any, fields: Sequence[str]) -> np.ndarray:
         columns.append(cell.view(dtype)[:, 0].astype(np.float64))
     values = np.stack(columns, axis=1) if columns else np.zeros((len(points), 0))
     return values[np.isfinite(values).all(axis=1)]
+
+
+def cloud_summary(points: np.ndarray, n_points: int) -> np.ndarray | None:
+    """A fixed-length vector from (P, F) finite points: their centroid (F values) for
+    ``n_points`` 0, else the first ``n_points`` flattened; None when there are too few."""
+    if len(points) < max(n_points, 1):
+        return None
+    return points.mean(axis=0) if n_points == 0 else points[:n_points].reshape(-1)

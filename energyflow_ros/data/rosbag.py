@@ -33,7 +33,7 @@ from energyflow_ros.data.bag_config import (
     BOOL, JOINT_STATE, JOINT_TRAJECTORY, POINT_CLOUD, POSE_AXES, POSE_STAMPED, ActionSpec,
     BagSpec, heading_values, StreamSpec, load_bag_spec)
 from energyflow_ros.data.dataset import DemoError, DemoSet
-from energyflow_ros.data.pointcloud import cloud_points
+from energyflow_ros.data.pointcloud import cloud_points, cloud_summary
 
 __all__ = ['read_rosbag', 'pose_field_values']
 
@@ -194,10 +194,10 @@ class _CloudValues(_Extractor):
             points = cloud_points(msg, self.fields)
         except ValueError as exc:
             raise DemoError(f'{self.where(recv_ns)}: {exc}') from exc
-        need = max(self.n_points, 1)
-        if len(points) < need:  # too few points: a non-finite frame, dropped and counted
-            return np.full(len(self.fields) * need, np.nan)
-        return points.mean(axis=0) if self.n_points == 0 else points[:need].reshape(-1)
+        summary = cloud_summary(points, self.n_points)
+        if summary is None:  # too few points: a non-finite frame, dropped and counted
+            return np.full(len(self.fields) * max(self.n_points, 1), np.nan)
+        return summary
 
     def dim_names(self) -> list[str]:
         points = ['centroid'] if self.n_points == 0 else [f'p{i}' for i in range(self.n_points)]

@@ -22,7 +22,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from energyflow_ros.data.bag_config import HEADINGS, heading_values
-from energyflow_ros.data.pointcloud import cloud_points
+from energyflow_ros.data.pointcloud import cloud_points, cloud_summary
 
 __all__ = [
     'POSE_FIELDS', 'stamp_to_sec', 'sec_to_stamp', 'sec_to_duration', 'duration_to_sec',
@@ -158,12 +158,11 @@ def pointcloud_values(msg: Any, fields: Sequence[str], n_points: int) -> np.ndar
         ValueError: the cloud has too few finite points, lacks a field or is malformed.
     """
     points = cloud_points(msg, fields)
-    need = max(n_points, 1)
-    if len(points) < need:
-        raise ValueError(f'PointCloud2 has {len(points)} finite points, need {need}')
-    if n_points == 0:
-        return points.mean(axis=0)
-    return points[:n_points].reshape(-1)
+    summary = cloud_summary(points, n_points)
+    if summary is None:
+        raise ValueError(f'PointCloud2 has {len(points)} finite points, need '
+                         f'{max(n_points, 1)}')
+    return summary
 
 
 def make_joint_state(names: Sequence[str], positions: np.ndarray, stamp: Time,

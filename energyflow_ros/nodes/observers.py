@@ -45,15 +45,18 @@ class ObservationInputs:
                  lock: threading.Lock, on_error: Callable[[str], None],
                  jump_threshold: float = 0.0,
                  on_measured: Callable[[np.ndarray], Any] | None = None,
-                 on_jump: Callable[[], None] | None = None) -> None:
+                 on_restart: Callable[[], None] | None = None) -> None:
         """Resolve the streams against the model.
+
+        ``on_restart`` is called when what was planned from the history no longer applies: the
+        measured joints jumped by more than ``jump_threshold``, or the clock went back.
 
         Raises:
             ConfigError: a stream is misconfigured or the streams do not cover the model's
                 observation names (the message names them).
         """
         self.node, self.lock, self.on_error = node, lock, on_error
-        self.on_measured, self.on_jump = on_measured, on_jump
+        self.on_measured, self.on_restart = on_measured, on_restart
         self.jump_threshold = float(jump_threshold)
         try:
             self.streams = resolve_joint_obs(obs_params[0], obs_params[1], meta.obs_names,
@@ -108,8 +111,8 @@ class ObservationInputs:
                 f'the clock went back behind the observation history (now {now:.3f} s): '
                 'history and plan forgotten, holding until every stream delivers on the new '
                 'timeline')
-            if self.on_jump is not None:  # the plan's times are on the old timeline
-                self.on_jump()
+            if self.on_restart is not None:  # the plan's times are on the old timeline
+                self.on_restart()
         if reason:
             self.on_error(reason)
             return None
@@ -139,8 +142,8 @@ class ObservationInputs:
             with self.lock:
                 self.history.reset()
                 self.history.update(stream.name, obs, stamp, stamp)
-            if self.on_jump is not None:
-                self.on_jump()
+            if self.on_restart is not None:
+                self.on_restart()
         if self._pending_stamp is None:
             self._pending_stamp = stamp
 

@@ -189,7 +189,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
                                          self._lock, self._note_input_error,
                                          self.p['discontinuity_threshold'],
                                          on_measured=self.filter.update_measured,
-                                         on_jump=self._restart_plan)
+                                         on_restart=self._restart_plan)
         self._worker = PlanningWorker(loaded.plan, self._inputs.history, self.queue,
                                       self._lock, self.now, self.executed_steps,
                                       self.p['sampler.warm_start'], self.p['replan_margin_s'],

@@ -128,7 +128,7 @@ class RewardNode(AutostartMixin, LifecycleNode):
         self._inputs = ObservationInputs(self, meta, self.joint_names,
                                          observation_params(self, self._stream_names),
                                          self._lock, self._on_input_error,
-                                         on_jump=self._forget_timeline)
+                                         on_restart=self._forget_timeline)
         self._commands: deque[tuple[float, np.ndarray]] = deque()
         self._pending: deque[tuple[float, np.ndarray]] = deque()
         self._last_obs_stamp = float('nan')
