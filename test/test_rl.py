@@ -77,6 +77,15 @@ def test_sac_training_leaves_no_log_folder_behind(config, tmp_path, monkeypatch)
     assert [name for name in os.listdir(tmp_path) if name.startswith('SB3-')] == []
 
 
+@pytest.mark.parametrize('source,steps', [('gail', 70), ('airl', 40)])
+def test_adversarial_sources_get_as_many_environment_steps_as_sac(config, source, steps):
+    # imitation trains whole rounds (60 steps here): 70 steps were 60, and 40 an error
+    demos = expert_trajectories(config, [0, 1])
+    model, _ = train_agent(source, config, steps, 0, SACConfig(learning_starts=20, batch_size=8,
+                                                               net=(8,)), demos=demos)
+    assert model.num_timesteps == steps
+
+
 @pytest.mark.parametrize('source', ['true', 'gail'])
 def test_each_rl_seed_trains_on_its_own_episodes_not_the_demonstrations(config, source):
     # SAC(seed=s) reseeds the environment's next reset with s itself (the demonstrations'

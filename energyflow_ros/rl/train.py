@@ -173,7 +173,9 @@ def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.nda
         net = BasicShapedRewardNet(venv.observation_space, venv.action_space,
                                    normalize_input_layer=RunningNorm)
         algo = AIRL
-    round_steps = max(config.n_chunks * 4, 16)
+    # imitation trains whole rounds of generator steps; the generator learns the remainder on
+    # the last discriminator, so every source gets exactly ``steps`` environment steps.
+    round_steps = min(max(config.n_chunks * 4, 16), steps)
     trainer = algo(demonstrations=trajectories, demo_batch_size=min(256, sum(
         len(t.acts) for t in trajectories)), gen_replay_buffer_capacity=4 * round_steps,
         n_disc_updates_per_round=4, venv=venv, gen_algo=learner, reward_net=net,
@@ -181,6 +183,8 @@ def _adversarial(kind: str, config: ChunkEnvConfig, demos: list[dict[str, np.nda
         init_tensorboard=False, custom_logger=imitation_logger.configure(format_strs=[]))
     venv.seed(train_episode_seed(seed))  # the generator's first reset (see _sac)
     trainer.train(steps)
+    if steps % round_steps:
+        trainer.train_gen(steps % round_steps)
     return learner
 
 
