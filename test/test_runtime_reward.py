@@ -126,6 +126,11 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     # the same pair scores the same on every call (the sampled references are not redrawn)
     again = [reward(obs[0].reshape(2, 1), chunks[0]) for _ in range(3)]
     assert again[0] == again[1] == again[2]
+    # ... and in any batch, at any row (rows beyond the first drew other references)
+    singles = [reward(obs[i].reshape(2, 1), chunks[i]) for i in range(20)]
+    np.testing.assert_allclose(good, singles, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reward(obs[::-1].reshape(20, 2, 1), chunks[::-1]), good[::-1],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_policy_value_with_ranked_proposal_draws(tmp_path):

@@ -140,8 +140,8 @@ class EnergyReward:
 
         Returns:
             (B,) chunk energies and (B, M) reference energies (``policy_value``: M = N
-            sampled particles, drawn with the same noise on every call, so a pair's reward
-            does not change between calls; ``occupancy``: M = 0).
+            sampled particles, drawn with the same noise for every row of every call, so a
+            pair's reward does not depend on the call or the batch; ``occupancy``: M = 0).
 
         Raises:
             ValueError: an input is not finite in float32 (the graphs' type), or the energy
@@ -156,9 +156,8 @@ class EnergyReward:
             refs = np.zeros((b, 0, *self.reference.shape[1:]), np.float32)
         elif self._planner is None:
             refs = np.broadcast_to(self.reference, (b, *self.reference.shape))
-        else:
-            self._planner.reset(seed=self._seed)
-            refs = self._planner.particles(obs)
+        else:   # every row draws the noise a single call draws: a pair's reward is the same
+            refs = np.concatenate([self._particles(row[None]) for row in obs])   # in any batch
         cands = np.concatenate([actions[:, None], refs], axis=1)
         out = self.model.run('energy', {'obs': obs, 'actions': cands,
                                         'sigma': np.array([self.sigma], dtype=np.float32)})
@@ -167,6 +166,10 @@ class EnergyReward:
             raise ValueError(f'{self.model.path}: the energy graph returned non-finite '
                              'energies for finite inputs')
         return e[:, 0], e[:, 1:]
+
+    def _particles(self, obs: np.ndarray) -> np.ndarray:
+        self._planner.reset(seed=self._seed)
+        return self._planner.particles(obs)
 
     def __call__(self, obs_history: np.ndarray, actions: np.ndarray) -> np.ndarray | float:
         """Rewards of raw chunks; higher is better.
