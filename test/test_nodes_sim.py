@@ -163,6 +163,15 @@ def test_finished_episodes_are_reported_and_the_limit_stops_the_sim(probe, tmp_p
         assert [s['seed'] for s in summaries] == [0, 1]
         assert all(s['done'] and s['step'] == 3 for s in summaries)
         assert 'path_cost' in summaries[0]['metrics']
+        # a reset after the limit runs one more episode, then holds again
+        pub = probe.publisher(Empty, '/short_sim/reset')
+        assert wait_until(lambda: pub.get_subscription_count() > 0, 10)
+        pub.publish(Empty())   # once: each reset abandons the episode it interrupts
+        assert wait_until(lambda: len(late) == 3, 10), node.log()
+        assert json.loads(late.last().data)['seed'] == 2
+        assert wait_until(lambda: json.loads(status_rec.last().data)['finished'], 10)
+        time.sleep(0.5)
+        assert len(late) == 3
     finally:
         assert node.interrupt() == 0
 

@@ -19,7 +19,8 @@ JointTrajectory, by name, sampled at each step by time from its start). A comman
 length, with unknown joints or non-finite values is rejected with a log line; the previous
 target is kept. Episodes reset with the next seed when done (``episodes`` > 0 stops after that
 many); ``~/reset`` (std_msgs/Empty topic, plus a std_srvs/Trigger service where std_srvs is
-installed) starts a new episode at once. With ``wait_for_commands`` the first episode is held
+installed) starts a new episode at once — after the last one too: that episode runs, and the
+node holds again at its end. With ``wait_for_commands`` the first episode is held
 (its state published, not stepped) until a command publisher is connected, so that a driver
 started alongside sees it from its first step.
 """
@@ -203,7 +204,8 @@ class SimNode(Node):
 
     def next_episode(self) -> None:
         """Abandon the current episode and start the next one (next seed) now."""
-        self.episode += 1
+        if not self.finished:   # past the limit, the counter already names the next one
+            self.episode += 1
         self.finished = False
         self._reset_episode()
 
