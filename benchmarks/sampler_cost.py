@@ -64,7 +64,7 @@ RUNS = 'outputs/eval_runs/cpu10k/full/obstacles2d'
 EVAL_SEED = 100_000          # the trainer's evaluation seeds: never a demonstration's
 # Headline metrics that grade an episode beyond success (higher is better); obstacles2d's
 # path_cost is a cost among successful paths, not a quality gate, so it is only reported.
-QUALITY_METRICS = ('max_coverage', 'p1')
+QUALITY_METRICS = ('max_score', 'max_coverage', 'p1')   # max_coverage: older records
 EBM_METHODS = {'energyflow': 'EnergyFlow', 'rnce': 'R-NCE'}     # method -> name in the text
 
 

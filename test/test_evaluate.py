@@ -115,6 +115,21 @@ def test_results_of_separate_commands_merge_by_task_and_method(tmp_path):
     assert 'Targets: best EBM p2 (both blocks in targets: the success column) >= 0.90.' in table
 
 
+def test_rows_of_another_headline_metric_get_their_own_column(tmp_path):
+    # Push-T rows recorded before Diffusion Policy's score (raw max_coverage) beside new ones
+    old = {'row': {'eval_success': 0.2, 'eval_max_coverage': 0.7}, 'params': 10,
+           'train_s': 1.0, 'infer_ms': 1.0}
+    new = {'row': {'eval_success': 0.3, 'eval_max_score': 0.8, 'eval_max_coverage': 0.77},
+           'params': 10, 'train_s': 1.0, 'infer_ms': 1.0}
+    write_results([aggregate('pusht', 'mse', [0], [old], 'max_coverage'),
+                   aggregate('pusht', 'energyflow', [0], [new], 'max_score')],
+                  {'pusht': {'mode': 'full'}}, str(tmp_path))
+    table = (tmp_path / 'quality.md').read_text()
+    assert '| method | seeds | success | max_score | max_coverage | params |' in table
+    assert '| energyflow | 1 | 0.300 ± 0.000 | 0.800 ± 0.000 | 0.770 ± 0.000 |' in table
+    assert '| mse | 1 | 0.200 ± 0.000 | — | 0.700 ± 0.000 |' in table
+
+
 def _runs(*values):
     return [{'row': {'eval_success': s, 'eval_p1': m}, 'params': 10, 'train_s': t,
              'infer_ms': t / 10} for s, m, t in values]
@@ -181,12 +196,15 @@ def test_target_status_says_met_or_which_part_is_missed():
     assert 'missed**: rnce collision 0.050 > 0.03' in target_status('obstacles2d', obstacles)
     assert 'rnce not run' in target_status('obstacles2d', obstacles[:1] + obstacles[2:])
 
-    pusht = [_record('pusht', 'energyflow', 0.5, 'max_coverage', 0.90),
-             _record('pusht', 'diffusion', 0.6, 'max_coverage', 0.92)]
+    pusht = [_record('pusht', 'energyflow', 0.5, 'max_score', 0.90),
+             _record('pusht', 'diffusion', 0.6, 'max_score', 0.92)]
     assert "missed**: below diffusion's 0.920" in target_status('pusht', pusht)
     assert target_status('pusht', pusht[:1]).startswith('Target **missed**: diffusion not run')
     pusht[1]['metric_mean'] = 0.80
     assert target_status('pusht', pusht).startswith('Target **met**.')
+    # a row of raw coverage (recorded before Diffusion Policy's score) is not graded as one
+    old = [_record('pusht', 'energyflow', 0.5, 'max_coverage', 0.90), pusht[1]]
+    assert 'missed**: best energyflow max_score nan < 0.88' in target_status('pusht', old)
 
     blockpush = [_record('blockpush', 'energyflow', 0.54, 'p1', 0.78, p2=0.54),
                  _record('blockpush', 'ibc', 0.95, 'p1', 0.99)]      # no p2 recorded

@@ -22,7 +22,7 @@ def task():
 
 def test_task_info_names_and_limits(task):
     info = task.info
-    assert info.name == 'pusht' and info.metric_name == 'max_coverage'
+    assert info.name == 'pusht' and info.metric_name == 'max_score'
     assert info.obs_names == ('agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle_cos',
                               'block_angle_sin')
     assert info.action_names == ('agent_x', 'agent_y')
@@ -91,7 +91,10 @@ def test_expert_success_rate(task):
     assert summary['success_mean'] >= 0.8
     assert summary['max_coverage_mean'] >= 0.9
     for result in results:
-        assert result['metrics']['success'] == float(result['metrics']['max_coverage'] > 0.95)
+        m = result['metrics']
+        assert m['success'] == float(m['max_coverage'] > 0.95)
+        # Diffusion Policy's score: a success scores 1, anything else its coverage / 0.95
+        assert m['max_score'] == (1.0 if m['success'] else pytest.approx(m['max_coverage'] / 0.95))
         assert np.all(result['actions'] >= 0.0) and np.all(result['actions'] <= 512.0)
 
 
@@ -123,6 +126,7 @@ def test_metrics_track_coverage(task):
     assert metrics['n_steps'] == 5.0 and metrics['success'] == 0.0
     assert metrics['final_coverage'] == result.info['coverage']
     assert 0.0 <= metrics['final_coverage'] <= metrics['max_coverage'] <= 1.0
+    assert metrics['max_score'] == pytest.approx(min(metrics['max_coverage'] / 0.95, 1.0))
 
 
 @pytest.mark.parametrize('action, words', [

@@ -366,6 +366,17 @@ def test_a_finished_run_resumed_with_other_eval_settings_is_evaluated_again(tmp_
     same = train(cfg('eval.max_steps=9', 'eval.episodes=2', 'eval.every=3'), resume=True,
                  log=quiet).trainer
     assert same.metrics == again.metrics
+    # an evaluation from before the task reported its headline metric is done again
+    path = tmp_path / 'run' / 'checkpoint.pt'
+    payload = torch.load(path, weights_only=False)
+    key = f'eval_{same.metric_name}'
+    assert same.metric_name != 'success' and key in payload['metrics'][-1]
+    del payload['metrics'][-1][key]
+    torch.save(payload, path)
+    lines = []
+    redone = train(cfg('eval.max_steps=9', 'eval.episodes=2'), resume=True,
+                   log=lines.append).trainer
+    assert key in redone.metrics[-1] and any('evaluated again' in line for line in lines)
 
 
 def test_a_run_without_a_flow_section_resumes_with_warm_start_settings_added(

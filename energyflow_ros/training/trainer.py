@@ -537,8 +537,12 @@ class Trainer:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         self._stale_final = payload['train_config'].get('method_config') != \
             config['method_config']
+        last_eval = next((row for row in reversed(payload['metrics'])
+                          if 'eval_success' in row), {})
         self._stale_eval = int(payload['step']) >= self.cfg.optim.steps and (
-            _eval_results_differ(payload['train_config'], config) or self._stale_final)
+            _eval_results_differ(payload['train_config'], config) or self._stale_final
+            # evaluated before the task reported its headline metric (Push-T's max_score)
+            or bool(last_eval) and f'eval_{self.metric_name}' not in last_eval)
         if changed:
             raise TrainError(f'{self.path("checkpoint.pt")} was written with different '
                              f'{changed}; resume with the same config or use another out_dir')
@@ -612,8 +616,8 @@ class Trainer:
             self._save_final(self.extra(self.elapsed_s, gather=False))
 
     def _evaluate_again(self) -> None:
-        """A finished run resumed with other evaluation or sampler settings: evaluate the final
-        weights with them, log it as a row of the last step and keep it in the checkpoint
+        """A finished run resumed with other evaluation or sampler settings (or evaluated
+        before its task's headline metric existed): evaluate the final weights again, log it as a row of the last step and keep it in the checkpoint
         (collective in DDP, like :meth:`save`; rank 0 evaluates)."""
         row = {'step': self.step, 'epoch': self.order.epoch, 'wall_s': round(self.elapsed_s, 3)}
         if self.ctx.is_main:
