@@ -14,6 +14,7 @@ from energyflow_ros.sim.blockpush import (
     BlockPushExpert,
     BlockPushTask,
     detour_waypoint,
+    sample_block_poses,
 )
 
 N_EPISODES = 30
@@ -73,6 +74,17 @@ def test_info_and_observation_layout() -> None:
     for index in (2, 5, 12, 15):
         assert 0.0 <= obs[index] < math.pi
     np.testing.assert_allclose(obs[0:2], task.block_xy()[0])
+
+
+def test_the_first_block_is_placed_uniformly_as_in_ibc() -> None:
+    # IBC redraws only the second block until the two are 0.1 m apart in x; redrawing both
+    # pushed the first to the ends of its range (9 % within 3 cm of the middle, not 30 %)
+    rng = np.random.default_rng(0)
+    poses = np.array([sample_block_poses(rng) for _ in range(4000)])
+    assert np.all(np.abs(poses[:, 0, 0] - poses[:, 1, 0]) > 0.1)
+    near_middle = np.mean(np.abs(poses[:, 0, 0] - 0.4) < 0.03)
+    assert 0.25 < near_middle < 0.35, near_middle
+    assert BlockPushTask().info.revision == 2   # cached demonstrations of revision 1: redone
 
 
 def test_reset_is_deterministic_by_seed() -> None:

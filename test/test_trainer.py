@@ -163,6 +163,11 @@ def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
     fixed = DataConfig(source='expert', n_episodes=3, seed=5, cache_dir=str(tmp_path),
                        episode_ticks=60)
     assert expert_cache_path(fixed, 'obstacles2d', {}) != cache
+    from energyflow_ros.sim.registry import task_info
+    info = task_info('obstacles2d')
+    assert expert_cache_path(cfg, 'obstacles2d', {}, info) == cache
+    newer = dataclasses.replace(info, revision=info.revision + 1)  # its seeds produce others
+    assert expert_cache_path(cfg, 'obstacles2d', {}, newer) != cache
     assert load_demos(fixed, 'obstacles2d').episode_ends.tolist() == [60, 120, 180]
     with pytest.raises(ConfigError, match='episode_ticks'):
         DataConfig(episode_ticks=-1)

@@ -30,6 +30,8 @@ class TaskInfo:
         control_hz: control rate the task is stepped at.
         max_steps: episode length limit.
         metric_name: name of the task's headline metric besides success.
+        revision: raised when the task's layout, dynamics or expert change what the same
+            seeds produce, so demonstrations cached from an older revision are collected again.
     """
 
     name: str
@@ -40,6 +42,7 @@ class TaskInfo:
     control_hz: float
     max_steps: int
     metric_name: str = 'success'
+    revision: int = 1
 
     @property
     def obs_dim(self) -> int:

@@ -101,11 +101,19 @@ class DataConfig:
             _fail('control_hz', rate, 'a finite positive number or null')
 
 
-def expert_cache_path(cfg: DataConfig, task: str, task_kwargs: dict[str, Any]) -> str | None:
-    """The npz file caching an expert collection (None when caching is off)."""
+def expert_cache_path(cfg: DataConfig, task: str, task_kwargs: dict[str, Any],
+                      info: Any = None) -> str | None:
+    """The npz file caching an expert collection (None when caching is off); ``info``: the
+    task's TaskInfo when the caller has it (else the task is built to read it)."""
     if cfg.source != 'expert' or not cfg.cache_dir:
         return None
-    key = json.dumps({'task': task, 'kwargs': task_kwargs}, sort_keys=True, default=str)
+    if info is None:
+        from energyflow_ros.sim.registry import task_info
+
+        info = task_info(task, **task_kwargs)
+    revision = info.revision   # the task changed what its seeds produce: collect again
+    key = json.dumps({'task': task, 'kwargs': task_kwargs, 'revision': revision},
+                     sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     ticks = f'_t{cfg.episode_ticks}' if cfg.episode_ticks else ''
     name = f'{task}_n{cfg.n_episodes}_s{cfg.seed}{ticks}_{digest}.npz'
@@ -126,7 +134,7 @@ def _layout_matches(demos: DemoSet, task: str, task_kwargs: dict[str, Any],
 def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any], info: Any) -> DemoSet:
     from energyflow_ros.sim.demos import collect_demos
 
-    cache = expert_cache_path(cfg, task, task_kwargs)
+    cache = expert_cache_path(cfg, task, task_kwargs, info)
     if cache and os.path.exists(cache):
         demos = DemoSet.load_npz(cache)
         if _layout_matches(demos, task, task_kwargs, info):  # else: an older layout: collect
