@@ -178,6 +178,36 @@ def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
                               bag_spec='spec.yaml'), 'x')
 
 
+def test_a_saved_demonstration_set_keeps_its_meta(tmp_path):
+    demos = DemoSet(obs=np.zeros((4, 2)), actions=np.zeros((4, 1)), episode_ends=np.array([4]),
+                    obs_names=['a', 'b'], action_names=['u'],
+                    meta={'control_hz': np.float64(10.0), 'episode_seeds': [3, 4],
+                          'task_kwargs': {'k': np.int64(2)}, 'source': 'scripted_expert'})
+    demos.save_npz(str(tmp_path / 'd.npz'))
+    meta = DemoSet.load_npz(str(tmp_path / 'd.npz')).meta
+    assert meta == {'control_hz': 10.0, 'episode_seeds': [3, 4], 'task_kwargs': {'k': 2},
+                    'source': str(tmp_path / 'd.npz')}
+    # files from before (the meta's Python repr): read where it is a plain literal, else none
+    for text, expected in (("{'episode_seeds': [1, 2]}", {'episode_seeds': [1, 2]}),
+                           ("{'rate': np.float64(1.0)}", {})):
+        np.savez(tmp_path / 'old.npz', obs=demos.obs, actions=demos.actions,
+                 episode_ends=demos.episode_ends, meta=np.array(text))
+        assert DemoSet.load_npz(str(tmp_path / 'old.npz')).meta == {
+            **expected, 'source': str(tmp_path / 'old.npz')}
+
+
+def test_evaluating_on_the_demonstration_episodes_is_refused(tmp_path):
+    cfg = load_train_config(os.path.join(REPO, 'config', 'train_obstacles2d.yaml'), [
+        'data.n_episodes=3', 'data.seed=5', f'data.cache_dir={tmp_path}', 'eval.seed=7',
+        'eval.episodes=2', f'out_dir={tmp_path / "run"}', 'optim.steps=2', 'progress=false'])
+    for attempt in range(2):    # collected, then from the cache
+        with pytest.raises(ConfigError, match=r'eval.seed = 7 is invalid: expected evaluation '
+                                              r'episodes that are not demonstration episodes; '
+                                              r'1 of 2 are \(seeds \[7\]'):
+            train(cfg, log=quiet)
+    assert not (tmp_path / 'run').exists()
+
+
 def test_cached_expert_data_of_an_older_observation_layout_is_collected_again(tmp_path):
     # the cache key is task, arguments, count and seed: a task whose observation changed
     # (Push-T's angle became cosine and sine) must not train on the old file's layout
@@ -295,8 +325,16 @@ def test_a_run_resumes_after_its_warm_start_settings_change(tmp_path, demo_npz):
 
 def test_a_dataset_of_an_unregistered_robot_trains_with_data_bounds(tmp_path, demo_npz):
     base = ['task=my_arm', 'eval.final=false']
+    recorded = DemoSet.load_npz(demo_npz)        # the file says its rate (the expert's 10 Hz)
+    assert recorded.meta['control_hz'] == 10.0
+    bare = DemoSet(recorded.obs, recorded.actions, recorded.episode_ends, recorded.obs_names,
+                   recorded.action_names, meta={})
+    bare.save_npz(str(tmp_path / 'bare.npz'))   # ... this one does not
     with pytest.raises(DemoError, match='control_hz'):
-        train(tiny(tmp_path / 'a', demo_npz, *base), log=quiet)
+        train(tiny(tmp_path / 'a', str(tmp_path / 'bare.npz'), *base), log=quiet)
+    result = train(tiny(tmp_path / 'c', demo_npz, *base), log=quiet)
+    period = load_checkpoint(result.final_path).payload['train_meta']['control_period_s']
+    assert period == pytest.approx(0.1)
     result = train(tiny(tmp_path / 'b', demo_npz, *base, 'data.control_hz=20'), log=quiet)
     meta = load_checkpoint(result.final_path).payload['train_meta']
     demos = DemoSet.load_npz(demo_npz)

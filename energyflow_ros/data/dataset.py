@@ -7,8 +7,10 @@ boundaries and the names of every dimension.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 import hashlib
+import json
 import os
 from typing import Any
 import zipfile
@@ -105,12 +107,14 @@ class DemoSet:
                             episode_ends=self.episode_ends,
                             obs_names=np.array(self.obs_names),
                             action_names=np.array(self.action_names),
-                            meta=np.array(repr(self.meta)))
+                            meta=np.array(json.dumps(self.meta, default=_plain)))
         os.replace(tmp, path)
 
     @classmethod
     def load_npz(cls, path: str) -> 'DemoSet':
-        """Read a set written by :meth:`save_npz` (or any npz with obs/actions/episode_ends)."""
+        """Read a set written by :meth:`save_npz` (or any npz with obs/actions/episode_ends);
+        its ``meta`` comes back too (e.g. the expert's episode seeds, the control rate), with
+        ``source`` the file's path."""
         if not os.path.exists(path):
             raise DemoError(f'demonstration file not found: {path}')
         try:
@@ -120,14 +124,31 @@ class DemoSet:
                     raise DemoError(f'{path}: missing array(s) {missing}')
                 names = {k: [str(x) for x in data[k]] for k in ('obs_names', 'action_names')
                          if k in data}
+                meta = _read_meta(data['meta'].item()) if 'meta' in data else {}
                 return cls(obs=data['obs'], actions=data['actions'],
                            episode_ends=data['episode_ends'], **names,
-                           meta={'source': os.path.abspath(path)})
+                           meta={**meta, 'source': os.path.abspath(path)})
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             if isinstance(exc, DemoError):
                 raise
             raise DemoError(f'{path}: not a readable npz file ({type(exc).__name__}: '
                             f'{exc})') from exc
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON values; anything else as its text."""
+    return value.tolist() if hasattr(value, 'tolist') else str(value)
+
+
+def _read_meta(text: str) -> dict[str, Any]:
+    """A saved meta: JSON, or the Python literal older files hold; {} when neither parses."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            meta = parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return meta if isinstance(meta, dict) else {}
+    return {}
 
 
 @dataclass

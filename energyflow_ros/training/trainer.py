@@ -631,6 +631,18 @@ class Trainer:
         self._stale_eval = self._stale_final = False
 
 
+def _check_eval_seeds(cfg: TrainConfig, demo_seeds: Any) -> None:
+    """Refuse to evaluate on the episodes the demonstrations were recorded on."""
+    if not (cfg.eval.every or cfg.eval.final):
+        return
+    shared = sorted(set(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes))
+                    & {int(s) for s in demo_seeds})
+    _check(not shared, 'TrainConfig', 'eval.seed', cfg.eval.seed,
+           f'evaluation episodes that are not demonstration episodes; {len(shared)} of '
+           f'{cfg.eval.episodes} are (seeds {shared[:3]}{" ..." if len(shared) > 3 else ""}; '
+           f'demonstrations: data.seed = {cfg.data.seed} onwards)')
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
@@ -671,6 +683,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         info = _task_info(cfg)
         if demos is None:
             demos = load_demos(cfg.data, cfg.task, cfg.task_kwargs, info)
+        _check_eval_seeds(cfg, demos.meta.get('episode_seeds', ()))
         data = prepare_data(demos, cfg.data, cfg.task, cfg.n_obs, cfg.horizon,
                             cfg.executed_steps, info)
         trainer = Trainer(cfg, data, ctx, info.metric_name if info else 'success', say)
