@@ -16,10 +16,12 @@ STAMP := $(VENV)/.requirements.stamp
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	# the package itself, editable: its commands (trainer, energyflow-eval, ...) in .venv/bin
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: venv
@@ -41,12 +43,14 @@ model: venv
 		--out models/obstacles2d_energyflow.onnx
 
 # The quality table (benchmarks/results/quality.md/json): every method x task x 3 seeds.
-# Hours on a CPU; use a GPU machine. eval-smoke is the seconds-long pipeline check.
+# Hours on a CPU; use a GPU machine. eval-smoke is the seconds-long pipeline check; it writes
+# under outputs/, not over the committed table.
 eval: venv
 	$(PY) -m energyflow_ros.cli.evaluate $(ARGS)
 
 eval-smoke: venv
-	$(PY) -m energyflow_ros.cli.evaluate --smoke $(ARGS)
+	$(PY) -m energyflow_ros.cli.evaluate --smoke --out outputs/eval_smoke \
+		--runs-dir outputs/eval_smoke_runs $(ARGS)
 
 # The reward checks and downstream RL (benchmarks/results/reward.md/json); hours on a CPU.
 reward-eval: venv

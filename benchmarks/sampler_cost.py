@@ -61,6 +61,9 @@ from energyflow_ros.sim.rollout import rollout  # noqa: E402
 from energyflow_ros.training.checkpoint import load_checkpoint  # noqa: E402
 
 RUNS = 'outputs/eval_runs/cpu10k/full/obstacles2d'
+TRAIN_DEFAULTS = ('make eval ARGS="--tasks obstacles2d --methods energyflow,rnce,diffusion '
+                  '--seeds 1 --runs-dir outputs/eval_runs/cpu10k --out outputs/quality_cpu10k '
+                  'device=cpu"')
 EVAL_SEED = 100_000          # the trainer's evaluation seeds: never a demonstration's
 # Headline metrics that grade an episode beyond success (higher is better); obstacles2d's
 # path_cost is a cost among successful paths, not a quality gate, so it is only reported.
@@ -174,8 +177,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ['rnce'] * bool(_rnce_settings(args.rnce_settings))
     for name in needed:
         if not os.path.exists(getattr(args, name)):
-            parser.error(f'--{name} {getattr(args, name)}: no such checkpoint (train it with '
-                         '`make eval ARGS="--tasks obstacles2d"` or pass one)')
+            parser.error(f'--{name} {getattr(args, name)}: no such checkpoint (pass one, or '
+                         f'train the default ones: {TRAIN_DEFAULTS})')
     if args.episodes < 1:
         parser.error('--episodes must be >= 1')
     if args.episode_seed < 0:

@@ -362,9 +362,14 @@ def _dataset_sources(tmp_path):
 def test_rosbag_robomimic_and_lerobot_data_train(tmp_path, demo_npz):
     for i, (data, actions, period) in enumerate(_dataset_sources(tmp_path)):
         cfg = tiny(tmp_path / f'run{i}', demo_npz, 'task=my_arm', 'n_obs=1', *data, steps=2)
-        meta = load_checkpoint(train(cfg, log=quiet).final_path).payload['train_meta']
+        lines = []
+        meta = load_checkpoint(train(cfg, log=lines.append).final_path).payload['train_meta']
         assert meta['action_names'] == meta['joint_names'] == actions, data[0]
         assert meta['control_period_s'] == pytest.approx(period), data[0]
+        # what was read is summarised before training: frames kept and dropped, every dim
+        summary = lines[0].splitlines()
+        assert summary[0].startswith('Demonstrations from') and 'frames dropped' in lines[0]
+        assert any(line.split()[:1] == [actions[-1]] for line in summary), lines[0]
 
 
 class StraightToGoal:

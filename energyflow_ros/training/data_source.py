@@ -148,35 +148,39 @@ def _expert(cfg: DataConfig, task: str, task_kwargs: dict[str, Any], info: Any) 
     return demos
 
 
-def _rosbag(cfg: DataConfig) -> DemoSet:
+def _rosbag(cfg: DataConfig) -> tuple[DemoSet, Any]:
     from energyflow_ros.data.bag_config import load_bag_spec
     from energyflow_ros.data.rosbag import read_rosbag
 
-    demos, _ = read_rosbag(cfg.path, load_bag_spec(cfg.bag_spec))
-    return demos
+    return read_rosbag(cfg.path, load_bag_spec(cfg.bag_spec))
 
 
-def _robomimic(cfg: DataConfig) -> DemoSet:
+def _robomimic(cfg: DataConfig) -> tuple[DemoSet, Any]:
     from energyflow_ros.data.robomimic import read_robomimic
 
-    demos, _ = read_robomimic(cfg.path, cfg.obs_keys, cfg.filter_key,
-                              cfg.action_key or 'actions')
-    return demos
+    return read_robomimic(cfg.path, cfg.obs_keys, cfg.filter_key, cfg.action_key or 'actions')
 
 
-def _lerobot(cfg: DataConfig) -> DemoSet:
+def _lerobot(cfg: DataConfig) -> tuple[DemoSet, Any]:
     from energyflow_ros.data.lerobot import read_lerobot
 
     if not os.path.isdir(cfg.path):
         raise DemoError(f'LeRobot dataset directory not found: {cfg.path}')
-    demos, _ = read_lerobot(cfg.path, cfg.obs_keys or ('observation.state',),
-                            cfg.action_key or 'action')
-    return demos
+    return read_lerobot(cfg.path, cfg.obs_keys or ('observation.state',),
+                        cfg.action_key or 'action')
 
 
 def load_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = None,
                info: Any = None) -> DemoSet:
-    """Read (or collect) the demonstrations ``cfg`` describes.
+    """Read (or collect) the demonstrations ``cfg`` describes (see :func:`read_demos`)."""
+    return read_demos(cfg, task, task_kwargs, info)[0]
+
+
+def read_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = None,
+               info: Any = None) -> tuple[DemoSet, Any]:
+    """Read (or collect) the demonstrations ``cfg`` describes, with the reader's report
+    (frames dropped and why, notes; None for ``expert`` and ``npz``) for
+    :func:`~energyflow_ros.data.align.summarize`.
 
     Args:
         cfg: the data section of the train config.
@@ -192,11 +196,11 @@ def load_demos(cfg: DataConfig, task: str, task_kwargs: dict[str, Any] | None = 
     """
     task_kwargs = dict(task_kwargs or {})
     if cfg.source == 'expert':
-        return _expert(cfg, task, task_kwargs, info)
+        return _expert(cfg, task, task_kwargs, info), None
     if cfg.source != 'npz' and not os.path.exists(cfg.path):
         raise DemoError(f'{cfg.source} data not found: {cfg.path}')
     if cfg.source == 'npz':
-        return DemoSet.load_npz(cfg.path)
+        return DemoSet.load_npz(cfg.path), None
     return {'rosbag': _rosbag, 'robomimic': _robomimic, 'lerobot': _lerobot}[cfg.source](cfg)
 
 

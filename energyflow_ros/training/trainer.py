@@ -34,10 +34,11 @@ from energyflow_ros.core.config import (
 )
 from energyflow_ros.core.methods import BackboneConfig, build_method, Method, METHODS
 from energyflow_ros.core.networks import count_parameters
+from energyflow_ros.data.align import summarize
 from energyflow_ros.data.dataset import DemoSet
 from energyflow_ros.training.checkpoint import save_checkpoint
 from energyflow_ros.training.data_source import (
-    BatchOrder, DataConfig, load_demos, prepare_data, TRAIN_META_KEYS, TrainingData,
+    BatchOrder, DataConfig, prepare_data, read_demos, TRAIN_META_KEYS, TrainingData,
 )
 from energyflow_ros.training.distributed import (
     all_reduce_gradients, broadcast_module, DEVICES, DistContext, gather_rng_state,
@@ -681,11 +682,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             raise TrainError(f'{checkpoint} exists; pass --resume to continue that run or '
                              'choose another out_dir')
         info = _task_info(cfg)
-        if demos is None:
-            demos = load_demos(cfg.data, cfg.task, cfg.task_kwargs, info)
+        report, given = None, demos is not None
+        if not given:
+            demos, report = read_demos(cfg.data, cfg.task, cfg.task_kwargs, info)
         _check_eval_seeds(cfg, demos.meta.get('episode_seeds', ()))
         data = prepare_data(demos, cfg.data, cfg.task, cfg.n_obs, cfg.horizon,
                             cfg.executed_steps, info)
+        if not given:   # valid data (bad data is one error line): what was read, before training
+            say(summarize(demos, report))
         trainer = Trainer(cfg, data, ctx, info.metric_name if info else 'success', say)
         if resume and os.path.exists(checkpoint):
             trainer.restore(_read_checkpoint(checkpoint, ctx))
