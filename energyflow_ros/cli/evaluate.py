@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -261,7 +262,9 @@ def target_status(task: str, records: list[dict[str, Any]]) -> str:
                    key=lambda m: value(m, name) if value(m, name) >= 0.0 else float('-inf'))
         if best is None:
             misses.append('no EBM run')
-        elif not value(best, name) >= bound:    # NaN (not recorded) is a miss
+        elif math.isnan(value(best, name)):
+            misses.append(f'{name} not recorded (the {", ".join(candidates)} rows predate it)')
+        elif not value(best, name) >= bound:
             misses.append(f'best {best} {name} {value(best, name):.3f} < {bound:.2f}')
         if task == 'pusht' and best is not None:
             if 'diffusion' not in rows:
