@@ -33,8 +33,9 @@ def test_quick_run_writes_one_record_per_backend_and_config(latency, tmp_path, c
                          '--out', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert '"cpu":' in printed and '## Same-run ratios' in printed
-    assert sorted(os.listdir(tmp_path)) == ['latency-cpu.json', 'latency-cpu.md']
-    with open(tmp_path / 'latency-cpu.json', encoding='utf-8') as handle:
+    # a quick run never takes the full run's file names (the committed results)
+    assert sorted(os.listdir(tmp_path)) == ['latency-cpu-quick.json', 'latency-cpu-quick.md']
+    with open(tmp_path / 'latency-cpu-quick.json', encoding='utf-8') as handle:
         result = json.load(handle)
     recs = result['records']
     assert {r['backend'] for r in recs} == BACKENDS
@@ -48,6 +49,10 @@ def test_quick_run_writes_one_record_per_backend_and_config(latency, tmp_path, c
     assert {(r['N'], r['backend']) for r in fused} == {
         (n, b) for n in (4, 8) for b in ('ort-fused', 'ort-fused-warm')}
     assert all(r['same_choice_as_torch'] and r['max_abs_diff_vs_torch'] < 1e-4 for r in fused)
+    assert all(r['matches_torch'] for r in recs if 'matches_torch' in r)
+    # the fitted energy moves the particles: the comparison is of real trajectories
+    cold = [r for r in recs if r['backend'] == 'ort-fused']
+    assert min(r['torch_moved'] for r in cold) > 0.1, cold
     assert result['matmul_peak']['gflops'] > 0 and result['machine']['cores'] >= 1
 
 
@@ -56,9 +61,9 @@ def test_torch_device_times_the_fused_computation_in_torch(latency, tmp_path, ca
     assert latency.main(['--quick', '--threads', '1', '--repeats', '2', '--particles', '4',
                          '--steps', '2', '--torch-device', 'cpu', '--out', str(tmp_path)]) == 0
     assert '## The fused computation in torch on cpu' in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == ['latency-cpu-torch-cpu.json',
-                                            'latency-cpu-torch-cpu.md']
-    recs = json.loads((tmp_path / 'latency-cpu-torch-cpu.json').read_text())['records']
+    assert sorted(os.listdir(tmp_path)) == ['latency-cpu-torch-cpu-quick.json',
+                                            'latency-cpu-torch-cpu-quick.md']
+    recs = json.loads((tmp_path / 'latency-cpu-torch-cpu-quick.json').read_text())['records']
     (handwritten,) = [r for r in recs if r['backend'] == 'torch-cpu-handwritten']
     assert (handwritten['N'], handwritten['K'], handwritten['device']) == (4, 2, 'cpu')
     assert handwritten['same_choice_as_torch'] and handwritten['max_abs_diff_vs_torch'] < 1e-4
@@ -70,6 +75,28 @@ def test_torch_device_cuda_without_a_gpu_is_a_usage_error(latency, capsys):
     with pytest.raises(SystemExit) as exc:
         latency._parse(['--quick', '--torch-device', 'cuda'])
     assert exc.value.code == 2 and 'sees no CUDA device here' in capsys.readouterr().err
+
+
+def test_a_backend_that_departs_from_torch_fails_the_run(latency, tmp_path, capsys,
+                                                        monkeypatch):
+    real = latency._ort_fused
+
+    def skewed(model, graph, feeds):      # a fused graph whose chunk is 1 % off
+        run = real(model, graph, feeds)
+        return lambda: (lambda chunk, idx: (chunk * 1.01 + 0.01, idx))(*run())
+    monkeypatch.setattr(latency, '_ort_fused', skewed)
+    assert latency.main(['--quick', '--threads', '1', '--repeats', '1', '--particles', '4',
+                         '--steps', '2', '--out', str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert 'MISMATCH against torch: ort-fused N=4 K=2' in out.out
+    assert 'do not match torch' in out.err
+    recs = json.loads((tmp_path / 'latency-cpu-quick.json').read_text())['records']
+    assert [r['matches_torch'] for r in recs if r['backend'] == 'ort-fused'] == [False]
+
+
+def test_abbreviated_flags_are_refused(latency):
+    with pytest.raises(SystemExit):
+        latency._parse(['--qui'])     # was taken as --quick's flag without its settings
 
 
 def test_a_thread_count_below_one_is_a_usage_error(latency, capsys):
@@ -90,8 +117,8 @@ def test_gpu_check_script_dry_runs_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'torch-cpu-handwritten p50 / p99 ms' in done.stdout
     assert 'onnxruntime' in (tmp_path / 'providers.txt').read_text()
-    assert sorted(os.listdir(tmp_path / 'quick')) == ['latency-cpu-torch-cpu.json',
-                                                      'latency-cpu-torch-cpu.md']
+    assert sorted(os.listdir(tmp_path / 'quick')) == ['latency-cpu-torch-cpu-quick.json',
+                                                      'latency-cpu-torch-cpu-quick.md']
 
 
 def test_flop_count_scales_with_particles_and_steps(latency):
