@@ -49,12 +49,14 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 import yaml  # noqa: E402
 
+from energyflow_ros.cli.results_files import write_files  # noqa: E402
+
 DEFAULT_MODEL = os.path.join(ROOT, 'models', 'obstacles2d_energyflow.onnx')
 COMMANDS = '/forward_position_controller/commands'
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument('--rates', default='100,250,500', help='control rates (Hz)')
     parser.add_argument('--duration', type=float, default=10.0, help='seconds per rate')
     parser.add_argument('--warmup', type=float, default=3.0, help='seconds before measuring')
@@ -167,8 +169,10 @@ def measure(robot: Robot, args: argparse.Namespace, rate: float, folder: str) ->
         if not _wait(lambda: len(robot.command_times) > 20, 60):
             raise RuntimeError(f'policy_node sent no commands at {rate} Hz (see {folder})')
         time.sleep(args.warmup)
-        robot.lifecycle(Transition.TRANSITION_DEACTIVATE)
-        robot.lifecycle(Transition.TRANSITION_ACTIVATE)   # resets the node's statistics
+        for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE):
+            if not robot.lifecycle(transition):   # re-activation resets the node's statistics
+                raise RuntimeError(f'policy_node refused lifecycle transition {transition} at '
+                                   f'{rate} Hz: its statistics were not reset (see {folder})')
         t0 = time.monotonic()
         time.sleep(args.duration)
         t1 = time.monotonic()
@@ -181,7 +185,8 @@ def measure(robot: Robot, args: argparse.Namespace, rate: float, folder: str) ->
         proc.wait(20)
         with robot.lock:
             robot.command_times.clear()
-    return record(rate, times, diag, args.device)
+    # where the planner ran, as the node reports it (a CUDA request can fall back to the CPU)
+    return record(rate, times, diag, diag.get('provider', f'{args.device} (requested)'))
 
 
 def record(rate: float, times: np.ndarray, diag: dict[str, str], device: str) -> dict:
@@ -263,12 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown()
         robot.destroy_node()
         rclpy.try_shutdown()
-    stem = os.path.join(args.out, f'ros_loop-{args.device}')
-    with open(stem + '.json', 'w', encoding='utf-8') as handle:
-        json.dump({'machine': info, 'results': rows}, handle, indent=2)
-    with open(stem + '.md', 'w', encoding='utf-8') as handle:
-        handle.write(markdown(info, rows))
-    print(f'wrote {stem}.json and {stem}.md')
+    stem = f'ros_loop-{args.device}'
+    write_files(args.out, {stem + '.json': json.dumps({'machine': info, 'results': rows},
+                                                      indent=2) + '\n',
+                           stem + '.md': markdown(info, rows)})
+    print(f'wrote {os.path.join(args.out, stem)}.json and .md')
     return 0
 
 

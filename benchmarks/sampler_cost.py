@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
+from energyflow_ros.cli.results_files import write_files  # noqa: E402
 from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
 from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
 from energyflow_ros.runtime.providers import (  # noqa: E402
@@ -122,7 +123,7 @@ class PlannerPolicy:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     parser.add_argument('--energy', default=f'{RUNS}/energyflow/seed0/final.pt',
                         help='EnergyFlow checkpoint (trainer output)')
     parser.add_argument('--diffusion', default=f'{RUNS}/diffusion/seed0/final.pt',
@@ -164,6 +165,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=NODE_INTRA_OP_THREADS,
                         help="onnxruntime intra-op threads (default: the policy node's)")
     parser.add_argument('--out', default='benchmarks/results')
+    parser.add_argument('--tag', default='',
+                        help='results file suffix: sampler_cost-<task>-<tag>-<device>.md (runs '
+                        'of other checkpoints or episodes keep their own files)')
     args = parser.parse_args(argv)
     try:
         _lean_warm(args.lean_warm)
@@ -492,12 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     recs = [record(s, metric_name) for s in settings]
     lines = comparisons(recs)
     text = markdown(info, recs, lines)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"sampler_cost-{task_name}-{info['device']}")
-    with open(stem + '.json', 'w', encoding='utf-8') as handle:
-        json.dump({'info': info, 'records': recs, 'comparisons': lines}, handle, indent=1)
-    with open(stem + '.md', 'w', encoding='utf-8') as handle:
-        handle.write(text)
+    tag = f'-{args.tag}' if args.tag else ''
+    stem = f"sampler_cost-{task_name}{tag}-{info['device']}"
+    write_files(args.out, {stem + '.json': json.dumps(
+        {'info': info, 'records': recs, 'comparisons': lines}, indent=1) + '\n',
+        stem + '.md': text})
     print(text)
     return 0
 

@@ -57,13 +57,13 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
                        '--particles', '4', '--lean-warm', '2:1,1:1:2',
                        '--warm-start-times', '0.8', '--warm-particles', '4,2',
                        '--warm-at', '2:2:0.7',
-                       '--threads', '1', '--episode-seed', '777',
+                       '--threads', '1', '--episode-seed', '777', '--tag', 'probe',
                        '--out', str(tmp_path)]) == 0
     assert set(seeds) == {777}          # every setting's one episode, on the asked seed
     assert '## Same-run ratios' in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-cpu.json',
-                                            'sampler_cost-obstacles2d-cpu.md']
-    data = json.loads((tmp_path / 'sampler_cost-obstacles2d-cpu.json').read_text())
+    assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-probe-cpu.json',
+                                            'sampler_cost-obstacles2d-probe-cpu.md']
+    data = json.loads((tmp_path / 'sampler_cost-obstacles2d-probe-cpu.json').read_text())
     recs = {r['setting']: r for r in data['records']}
     assert set(recs) == {'energyflow cold K=4', 'energyflow cold K=2', 'energyflow warm K=1',
                          'energyflow warm K=1 hold', 'energyflow warm K=1 N=2',
@@ -91,7 +91,7 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
             explicit['warm_start_t']) == (2, 2, 20, 0.7)
     short = recs['energyflow warm K=1 N=1 cold K=2']
     assert (short['n_particles'], short['warm_steps'], short['cold_steps']) == (1, 1, 2)
-    table = (tmp_path / 'sampler_cost-obstacles2d-cpu.md').read_text()
+    table = (tmp_path / 'sampler_cost-obstacles2d-probe-cpu.md').read_text()
     assert '| collision | path cost | plans |' in table
     assert data['info']['episode_seed'] == 777 and '(seeds from 777,' in table
     assert '| energyflow warm K=1 hold | 4 | 20 | 1 | hold |' in table
