@@ -572,6 +572,19 @@ def test_after_the_clock_goes_back_the_old_plan_is_dropped_and_planning_resumes(
         assert node._level() == ('ok', 'running')
 
 
+def test_statistics_count_from_each_activation():
+    with InProcessNode() as harness:
+        node = harness.node
+        harness.activate()
+        harness.run(10)
+        assert node._worker.stats.plans > 0 and node.ticks > 0
+        node.trigger_deactivate()
+        node.trigger_activate()       # what ros_loop does to measure without the warm-up
+        assert node._worker.stats.plans == 0 and node.ticks == 0
+        harness.run(10)
+        assert node._worker.stats.plans > 0
+
+
 def test_a_stopped_planning_thread_holds_the_arm_and_says_so():
     with InProcessNode() as harness:
         node = harness.node

@@ -50,7 +50,7 @@ from energyflow_ros.nodes.params import (command_qos, declare, declare_observati
                                          latched_qos, observation_params, reliable_qos)
 from energyflow_ros.nodes.runner import (ignore_signals, init_without_signal_handlers,
                                          interrupt_or_raise)
-from energyflow_ros.nodes.worker import PlanningWorker
+from energyflow_ros.nodes.worker import PlanningWorker, WorkerStats
 from energyflow_ros.runtime.chunk_queue import ChunkQueue, Plan
 from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
 from energyflow_ros.runtime.safety import JointCommandFilter, JointLimits
@@ -262,6 +262,7 @@ class PolicyNode(AutostartMixin, LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Ramp in from the measured pose; start the worker and the control timer."""
+        self._worker.stats = WorkerStats()   # counted per activation, like the tick statistics
         try:
             self._worker.start()
         except RuntimeError as exc:  # the last activation's sampler call has not returned
