@@ -76,8 +76,18 @@ def test_conditional_default_keeps_the_papers_loss():
     method = build_method('energyflow', SPEC, BACKBONE, {})
     assert not method.joint_density
     gen = torch.Generator().manual_seed(0)
-    _, metrics = method.loss(*_sample(8, gen), gen)
+    obs, act = _sample(8, gen)
+    state = gen.get_state()
+    loss, metrics = method.loss(obs, act, gen)
     assert set(metrics) == {'loss'}
+    # by hand, with the same draws: mean_b || sigma grad_a E(o, a + sigma eps, sigma) - eps ||^2
+    gen.set_state(state)
+    sigma = method.schedule.sample_sigma(8, gen, act.device)
+    eps = torch.randn(act.shape, generator=gen)
+    noisy = (act + sigma.view(-1, 1, 1) * eps).requires_grad_(True)
+    (grad,) = torch.autograd.grad(method.net(obs, noisy, sigma).sum(), noisy)
+    expected = (sigma.view(-1, 1, 1) * grad - eps).square().flatten(1).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
 
 
 @pytest.mark.parametrize('bad', [-0.1, math.inf, True, 'big'])

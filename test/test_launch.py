@@ -130,7 +130,7 @@ def _installed_share() -> str | None:
     try:
         from ament_index_python.packages import get_package_share_directory
         return get_package_share_directory('energyflow_ros')
-    except (ImportError, LookupError):
+    except (ImportError, LookupError, OSError):   # OSError: AMENT_PREFIX_PATH not set
         return None
 
 

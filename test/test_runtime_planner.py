@@ -160,9 +160,17 @@ def test_rnce_cold_start_draws_from_the_proposal(tiny, monkeypatch):
     with torch.no_grad():
         log_w, means, stds = method.proposal.parameters_for(torch.tensor(obs))
     init = calls[1][1]['init'][0].reshape(500, -1)
-    expected_mean = (log_w.exp()[0, :, None] * means[0]).sum(0).numpy()
-    spread = float(stds.max() + (means - means.mean(1, keepdim=True)).abs().max())
-    np.testing.assert_allclose(init.mean(axis=0), expected_mean, atol=4 * spread / np.sqrt(500))
+    out = model.run('proposal', {'obs': obs})     # the exported proposal is torch's mixture
+    weights = np.exp(out['logits'] - out['logits'].max(1, keepdims=True))
+    np.testing.assert_allclose(weights / weights.sum(1, keepdims=True), log_w.exp().numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(out['means'], means.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out['stds'], stds.numpy(), atol=1e-5)
+    # ... and the particles are exactly the planner's generator's draws from it
+    draws = sample_mixture(out['logits'], out['means'], out['stds'], 500,
+                           np.random.default_rng(0))
+    np.testing.assert_array_equal(init, draws.reshape(500, -1))
+    assert init.std(axis=0).min() > 0.5 * float(stds.min())      # spread, not one point
     assert plan.particles.shape == (500, 4, 2)
 
 

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 import torch
 
 from energyflow_ros.core.methods import build_method
@@ -121,8 +122,13 @@ def test_policy_value_variant_ranks_demonstrated_chunks_above_displaced_ones(tmp
     assert np.all(good > off)
     assert np.median(good) > np.median(off) + 1.0
     z_obs = reward._planner.normalize_obs(obs.reshape(20, 2, 1), batched=True)
-    e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
+    z_act = (chunks - reward._act_mean) / reward._act_std
+    e, e_ref = reward.energies(z_obs, z_act)
     assert e_ref.shape == (20, model.metadata.sampler.n_particles)
+    # the reward is -E centred by the log-mean-exp of -E over the policy's own particles
+    soft = logsumexp(-e_ref.astype(np.float64), axis=1) - np.log(e_ref.shape[1])
+    np.testing.assert_allclose(good, -e - soft, rtol=1e-6, atol=1e-6)
+    assert np.ptp(soft) > 0.1      # the centring differs between observations: it matters
     # the same pair scores the same on every call (the sampled references are not redrawn)
     again = [reward(obs[0].reshape(2, 1), chunks[0]) for _ in range(3)]
     assert again[0] == again[1] == again[2]
@@ -142,8 +148,10 @@ def test_policy_value_with_ranked_proposal_draws(tmp_path):
     values = reward(history, chunks)
     assert values.shape == (3,) and np.all(np.isfinite(values))
     z_obs = reward._planner.normalize_obs(history, batched=True)
-    e, e_ref = reward.energies(z_obs, np.zeros(chunks.shape, np.float32))
+    e, e_ref = reward.energies(z_obs, (chunks - reward._act_mean) / reward._act_std)
     assert e.shape == (3,) and e_ref.shape == (3, 5)
+    soft = logsumexp(-e_ref.astype(np.float64), axis=1) - np.log(e_ref.shape[1])
+    np.testing.assert_allclose(values, -e - soft, rtol=1e-6, atol=1e-6)
 
 
 def test_occupancy_variant_is_minus_the_joint_energy_and_needs_a_joint_model(tmp_path, tiny):
