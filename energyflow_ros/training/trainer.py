@@ -618,8 +618,9 @@ class Trainer:
 
     def _evaluate_again(self) -> None:
         """A finished run resumed with other evaluation or sampler settings (or evaluated
-        before its task's headline metric existed): evaluate the final weights again, log it as a row of the last step and keep it in the checkpoint
-        (collective in DDP, like :meth:`save`; rank 0 evaluates)."""
+        before its task's headline metric existed): evaluate the final weights again, log it as
+        a row of the last step and keep it in the checkpoint (collective in DDP, like
+        :meth:`save`; rank 0 evaluates)."""
         row = {'step': self.step, 'epoch': self.order.epoch, 'wall_s': round(self.elapsed_s, 3)}
         if self.ctx.is_main:
             row.update(self.evaluate())
