@@ -169,6 +169,15 @@ def test_collect_demos_pusht():
     assert demos.meta['task'] == 'pusht' and demos.meta['max_steps'] == 300
 
 
+def test_an_evaluated_expert_acts_as_in_its_demonstrations_of_those_episodes():
+    result = evaluate_policy('obstacles2d', make_expert_policy, n_episodes=4, seed=10)
+    demos = collect_demos('obstacles2d', 4, seed=10)
+    assert demos.meta['episode_seeds'] == [10, 11, 12, 13]
+    ends = np.concatenate([[0], demos.episode_ends])
+    for i, episode in enumerate(result['episodes']):
+        assert episode['n_steps'] == ends[i + 1] - ends[i]   # the same path, tick for tick
+
+
 def test_expert_policy_reseeds_every_episode():
     task = Obstacles2DTask()
     policy = ExpertPolicy(make_expert(task), seed=5)

@@ -136,7 +136,8 @@ def evaluate_policy(task_name: str, make_policy: Callable[[Task], Policy], n_epi
     Args:
         task_name: registry name of the task.
         make_policy: builds the policy for the task (called once; the policy is reset
-            before every episode).
+            before every episode; an :class:`ExpertPolicy` is given the episode's seed, so it
+            acts as in the demonstrations collected on that episode).
         n_episodes: number of episodes; episode i uses seed ``seed + i``.
         seed: first episode seed.
         max_steps: optional per-episode tick limit below the task's.
@@ -151,7 +152,11 @@ def evaluate_policy(task_name: str, make_policy: Callable[[Task], Policy], n_epi
     task = make_task(task_name, **(task_kwargs or {}))
     try:
         policy = make_policy(task)
-        results = [rollout(task, policy, seed + i, max_steps) for i in range(n_episodes)]
+        results = []
+        for i in range(n_episodes):
+            if isinstance(policy, ExpertPolicy):   # as in its demonstrations of that episode
+                policy.seed = seed + i
+            results.append(rollout(task, policy, seed + i, max_steps))
     finally:
         task.close()
     episodes = [r['metrics'] for r in results]
