@@ -283,6 +283,31 @@ def test_unet_energy_exports_through_make_fx(tmp_path):
     assert max(p['max_abs_error'] for p in meta.extra['parity'].values()) < 1e-4
 
 
+@pytest.mark.parametrize('obs_dim, action_dim', [(6, 3), (3, 2), (6, 5)])
+def test_unet_exports_for_observation_and_action_sizes_like_its_example_sizes(
+        tmp_path, obs_dim, action_dim):
+    # the symbolic tracer ties equal sizes together: with example batch 3 and particles 5, a
+    # 3-D action or a 5-joint arm had its batch or particle axis fixed, and export refused
+    from energyflow_ros.core.config import ChunkSpec
+    from energyflow_ros.data.dataset import Normalizer
+
+    unet = {'kind': 'unet', 'unet': {'channels': [8, 16], 'groups': 4, 'cond_dim': 8,
+                                     'head_hidden': 8}}
+    method = tiny_method('energyflow', backbone=unet,
+                         spec=ChunkSpec(obs_dim, action_dim, 4))
+    rng = np.random.default_rng(0)
+    norms = (Normalizer.fit(rng.normal(size=(50, obs_dim))),
+             Normalizer.fit(rng.normal(size=(50, action_dim))))
+    joints = [f'j{i}' for i in range(action_dim)]
+    meta = train_meta(obs_names=[f'o{i}' for i in range(obs_dim)], n_obs=1,
+                      action_names=joints, joint_names=joints,
+                      action_low=[-5.0] * action_dim, action_high=[5.0] * action_dim)
+    path = str(tmp_path / 'unet.onnx')
+    exported = export_method(method, *norms, meta, path, n_steps=2, warm_steps=1)
+    assert max(p['max_abs_error'] for p in exported.extra['parity'].values()) < 1e-4
+    assert onnx_export.example_sizes(obs_dim, 4, action_dim)[0] not in (obs_dim, action_dim)
+
+
 @pytest.mark.parametrize('name, n_steps, part, graph', [
     ('energyflow', None, None, 'energy'),
     ('rnce', 0, 'proposal', 'sampler'),         # the proposal_rank graph's draws are checked

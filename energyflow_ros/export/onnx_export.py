@@ -55,12 +55,23 @@ class ExportError(RuntimeError):
     """A checkpoint that cannot be exported, with the reason."""
 
 
+def example_sizes(obs_dim: int, horizon: int, action_dim: int) -> tuple[int, int]:
+    """Sizes B, M for the dynamic batch and particle axes of the example inputs: two primes
+    unlike each other and every fixed size of the model. The symbolic tracer (the U-Net's
+    route) gives equal sizes one symbol, so a B or M equal to the observation or action size
+    (3 and 5 are common) would be fixed in the graph, and the export refused."""
+    taken = {1, obs_dim, horizon, action_dim, horizon * action_dim}
+    b, m = [p for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41) if p not in taken][:2]
+    return b, m
+
+
 def _example(method: Method) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Example inputs with distinct sizes on the dynamic axes (B = 3, M = 5)."""
+    """Example inputs with sizes of their own on the dynamic axes (:func:`example_sizes`)."""
     h, a = method.chunk_shape
+    b, m = example_sizes(method.spec.obs_dim, h, a)
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn((3, method.spec.obs_dim), generator=gen),
-            torch.randn((3, 5, h, a), generator=gen), torch.tensor([0.5]))
+    return (torch.randn((b, method.spec.obs_dim), generator=gen),
+            torch.randn((b, m, h, a), generator=gen), torch.tensor([0.5]))
 
 
 def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto]:
