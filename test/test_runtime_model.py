@@ -85,6 +85,30 @@ def test_missing_and_non_onnx_files_raise_specific_errors(tmp_path, family):
         load_model(path)
 
 
+def test_metadata_is_read_without_building_a_session(tmp_path, family, monkeypatch):
+    # a session build is quadratic in the node count: minutes for a fused U-Net sampler
+    import onnxruntime as ort
+
+    expected = {p.key: p.value for p in onnx.load(family['energyflow']).metadata_props}
+    monkeypatch.setattr(ort, 'InferenceSession', None)           # any session: TypeError
+    meta = read_metadata(family['energyflow'])
+    assert json.loads(meta.to_json()) == json.loads(expected[METADATA_KEY])
+    truncated = tmp_path / 'cut.onnx'
+    truncated.write_bytes(open(family['energyflow'], 'rb').read()[:-7])
+    with pytest.raises(NotAnOnnxModelError, match='cut.onnx: not an ONNX model'):
+        read_metadata(str(truncated))
+
+
+def test_a_graph_onnxruntime_cannot_load_is_named(tmp_path, family):
+    path = _copy_family(family['energyflow'], str(tmp_path))
+    model = onnx.load(graph_path(path, 'energy'))
+    model.graph.node[0].op_type = 'NoSuchOperator'           # metadata intact, graph broken
+    onnx.save(model, graph_path(path, 'energy'))
+    with pytest.raises(NotAnOnnxModelError,
+                       match=r'\.energy\.onnx: not an ONNX model onnxruntime can load'):
+        load_model(path)
+
+
 def test_unknown_format_version_and_bad_metadata(tmp_path, family):
     path = _copy_family(family['energyflow'], str(tmp_path))
     sampler = read_metadata(path).sampler.to_dict()
@@ -241,3 +265,9 @@ def test_runtime_modules_do_not_import_torch():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == 'False'
+
+
+def test_memory_pattern_reuse_is_off_unless_asked():
+    from energyflow_ros.runtime.providers import session_options
+    assert session_options(ProviderConfig()).enable_mem_reuse is False
+    assert session_options(ProviderConfig(memory_reuse=True)).enable_mem_reuse is True

@@ -86,6 +86,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.enable_mem_reuse = False   # quadratic in the node count: minutes for a U-Net sampler
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=['CPUExecutionProvider'])
 

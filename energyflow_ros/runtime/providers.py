@@ -55,6 +55,10 @@ class ProviderConfig:
         cuda_graphs: capture CUDA graphs (requires IO binding, fixed input shapes).
         io_binding: bind inputs and outputs to preallocated buffers on the device.
         warmup_runs: runs of every graph at load, before the model is used.
+        memory_reuse: onnxruntime's memory-pattern reuse. Off: its planner is quadratic in
+            the graph's node count, and the fused U-Net sampler (19k nodes at K = 20) took
+            90 s to load with it (1.9 s without, and ran 4 % faster); the MLP samplers run
+            within noise of it either way.
     """
 
     device: str = 'cpu'
@@ -66,6 +70,7 @@ class ProviderConfig:
     cuda_graphs: bool = True
     io_binding: bool = True
     warmup_runs: int = 2
+    memory_reuse: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -128,6 +133,7 @@ def session_options(cfg: ProviderConfig) -> ort.SessionOptions:
     opts.add_session_config_entry('session.intra_op.allow_spinning',
                                   '1' if cfg.allow_spinning else '0')
     opts.add_session_config_entry('session.set_denormal_as_zero', '1')
+    opts.enable_mem_reuse = cfg.memory_reuse
     return opts
 
 
