@@ -55,10 +55,10 @@ class ProviderConfig:
         cuda_graphs: capture CUDA graphs (requires IO binding, fixed input shapes).
         io_binding: bind inputs and outputs to preallocated buffers on the device.
         warmup_runs: runs of every graph at load, before the model is used.
-        memory_reuse: onnxruntime's memory-pattern reuse. Off: its planner is quadratic in
-            the graph's node count, and the fused U-Net sampler (19k nodes at K = 20) took
-            90 s to load with it (1.9 s without, and ran 4 % faster); the MLP samplers run
-            within noise of it either way.
+        memory_reuse: onnxruntime's buffer reuse (``enable_mem_reuse``). Off: its planner is
+            quadratic in the graph's node count, and the fused U-Net sampler (19k nodes at
+            K = 20) took 90 s to load with it (1.9 s without, and ran 4 % faster); the MLP
+            samplers run within noise of it either way.
     """
 
     device: str = 'cpu'
