@@ -220,6 +220,14 @@ def aggregate(task: str, method: str, seeds: list[int], runs: list[dict[str, Any
 EBMS = ('energyflow', 'rnce', 'irnce', 'ibc')
 
 
+def _metric(record: dict[str, Any], name: str) -> dict[str, float] | None:
+    """``{'mean', 'std'}`` of a record's metric ``name`` (its headline or one of its
+    ``metrics``), or None when the record has none of that name."""
+    if record['metric_name'] == name:
+        return {'mean': record['metric_mean'], 'std': record['metric_std']}
+    return record.get('metrics', {}).get(name)
+
+
 def target_status(task: str, records: list[dict[str, Any]]) -> str:
     """The line under a task's table saying whether its target is met, and what is missing.
 
@@ -229,10 +237,10 @@ def target_status(task: str, records: list[dict[str, Any]]) -> str:
     rows = {r['method']: r for r in records if r['task'] == task}
 
     def value(method: str, name: str) -> float:
-        r = rows[method]
-        return r['success_mean'] if name == 'success' else (
-            r['metric_mean'] if name == r['metric_name'] else
-            r.get('metrics', {}).get(name, {}).get('mean', float('nan')))
+        if name == 'success':
+            return rows[method]['success_mean']
+        found = _metric(rows[method], name)
+        return found['mean'] if found else float('nan')
 
     misses: list[str] = []
     if task == 'obstacles2d':
@@ -350,9 +358,7 @@ def _cell(mean: float, std: float) -> str:
 
 
 def _metric_cell(record: dict[str, Any], name: str) -> str:
-    if record['metric_name'] == name:
-        return _cell(record['metric_mean'], record['metric_std'])
-    found = record.get('metrics', {}).get(name)
+    found = _metric(record, name)
     return _cell(found['mean'], found['std']) if found else '—'
 
 
