@@ -253,3 +253,55 @@ def test_the_config_digest_follows_the_results_not_the_seed_or_paths():
     assert config_digest(base) == config_digest(same)
     for change in ('optim.lr=0.5', 'eval.seed=7', 'horizon=4', 'data.n_episodes=3'):
         assert config_digest(load_train_config(path, [change])) != config_digest(base), change
+
+
+def test_each_row_is_described_by_the_settings_it_was_run_with(tmp_path):
+    # One method run again with more steps: the other rows keep their own description
+    # (the table's header used to describe every row of the task by the latest command).
+    short = {'mode': 'full', 'steps': 60, 'overrides': ['optim.steps=60'], 'machine': 'box'}
+    long = {**short, 'steps': 120, 'overrides': ['optim.steps=120']}
+    write_results([aggregate('pusht', m, [0], _runs((0.5, 0.5, 1.0)), 'max_score')
+                   for m in ('energyflow', 'mse')], {'pusht': short}, str(tmp_path))
+    write_results([aggregate('pusht', 'energyflow', [0], _runs((0.9, 0.9, 1.0)), 'max_score')],
+                  {'pusht': long}, str(tmp_path))
+    data = json.loads((tmp_path / 'quality.json').read_text())
+    by_method = {r['method']: r for r in data['records']}
+    assert by_method['energyflow']['settings']['steps'] == 120
+    assert by_method['mse']['settings']['steps'] == 60
+    table = (tmp_path / 'quality.md').read_text()
+    assert "(a) full run on box, torch ?, device ?; 120 training steps" in table
+    assert "(b) full run on box, torch ?, device ?; 60 training steps" in table
+    assert '| energyflow | a | 1 |' in table and '| mse | b | 1 |' in table
+    # a table of one setting keeps its single description and no run column
+    write_results([aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'max_score')],
+                  {'pusht': long}, str(tmp_path))
+    table = (tmp_path / 'quality.md').read_text()
+    assert 'full run on box, torch ?, device ?; 120 training steps' in table
+    assert '(a)' not in table and '| mse | 1 |' in table
+
+
+def test_a_record_pools_only_with_one_of_its_own_settings(tmp_path):
+    # energyflow seed 0 at 60 steps, then diffusion at 120 steps (the task's latest command),
+    # then energyflow seed 1 at 120 steps: seed 1 must not pool with the 60-step seed 0.
+    short = {'mode': 'full', 'steps': 60, 'overrides': ['optim.steps=60']}
+    long = {**short, 'steps': 120, 'overrides': ['optim.steps=120']}
+    write_results([aggregate('pusht', 'energyflow', [0], _runs((0.5, 0.5, 1.0)), 'p1')],
+                  {'pusht': short}, str(tmp_path))
+    write_results([aggregate('pusht', 'diffusion', [0], _runs((0.6, 0.6, 1.0)), 'p1')],
+                  {'pusht': long}, str(tmp_path))
+    (written,) = write_results(
+        [aggregate('pusht', 'energyflow', [1], _runs((0.9, 0.9, 1.0)), 'p1')],
+        {'pusht': long}, str(tmp_path))
+    assert written['seeds'] == [1] and written['success_mean'] == 0.9
+    assert written['settings']['steps'] == 120 and written['settings']['seeds'] == [1]
+
+
+def test_records_written_before_rows_kept_settings_take_their_tasks(tmp_path):
+    old = {'settings': {'pusht': {'mode': 'full', 'steps': 60, 'seeds': [0]}},
+           'records': [aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'max_score')]}
+    (tmp_path / 'quality.json').write_text(json.dumps(old))
+    write_results([aggregate('pusht', 'energyflow', [0], _runs((0.9, 0.9, 1.0)), 'max_score')],
+                  {'pusht': {'mode': 'full', 'steps': 120}}, str(tmp_path))
+    records = json.loads((tmp_path / 'quality.json').read_text())['records']
+    assert [(r['method'], r['settings']['steps']) for r in records] == [
+        ('energyflow', 120), ('mse', 60)]
