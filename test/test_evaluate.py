@@ -5,9 +5,9 @@ import json
 import pytest
 
 from energyflow_ros.cli.evaluate import (
-    config_digest,
-    aggregate, config_path, main, matched_backbone, method_parameters, RECORD_KEYS,
-    SMOKE_PARAMS, target_status, task_chunk_spec, write_results,
+    _markdown, _parse, aggregate, config_digest, config_path, main, matched_backbone,
+    method_parameters, pool, RECORD_KEYS, SMOKE_PARAMS, target_status, task_chunk_spec,
+    write_results,
 )
 from energyflow_ros.core.methods import METHODS
 from energyflow_ros.training.trainer import load_train_config
@@ -36,7 +36,7 @@ def test_smoke_run_writes_one_record_per_method(smoke):
         assert 0.0 <= record['success_mean'] <= 1.0 and record['success_std'] >= 0.0
         assert record['metric_mean'] >= 0.0 and record['infer_ms'] > 0.0
         assert abs(record['params'] - SMOKE_PARAMS) <= 0.05 * SMOKE_PARAMS, record
-    settings = data['settings']['obstacles2d']
+    settings = records[0]['settings']
     assert settings['mode'] == 'smoke' and settings['episodes'] == 2
     assert settings['observation'] == ['robot_x', 'robot_y', 'goal_x', 'goal_y']
     table = (root / 'results' / 'quality.md').read_text()
@@ -104,12 +104,15 @@ def test_results_of_separate_commands_merge_by_task_and_method(tmp_path):
     write_results(first, {'blockpush': {'mode': 'full', 'machine': 'gpu box'}}, str(tmp_path))
     again = aggregate('blockpush', 'mse', [0], [{**runs[0], 'params': 20}], 'p1')
     other = aggregate('obstacles2d', 'ibc', [0], runs, 'p1')
-    write_results([again, other], {'obstacles2d': {'mode': 'smoke'}}, str(tmp_path))
+    write_results([again, other], {'obstacles2d': {'mode': 'smoke'},
+                                   'blockpush': {'mode': 'full', 'machine': 'gpu box'}},
+                  str(tmp_path))
     data = json.loads((tmp_path / 'quality.json').read_text())
     assert [(r['task'], r['method'], r['params']) for r in data['records']] == [
         ('obstacles2d', 'ibc', 10), ('blockpush', 'energyflow', 10), ('blockpush', 'mse', 20)]
-    assert data['settings'] == {'blockpush': {'mode': 'full', 'machine': 'gpu box'},
-                                'obstacles2d': {'mode': 'smoke'}}
+    assert [r['settings'] for r in data['records']] == [
+        {'mode': 'smoke', 'seeds': [0]}, {'mode': 'full', 'machine': 'gpu box', 'seeds': [0]},
+        {'mode': 'full', 'machine': 'gpu box', 'seeds': [0]}]
     table = (tmp_path / 'quality.md').read_text()
     assert 'full run on gpu box' in table
     assert 'Targets: best EBM p2 (both blocks in targets: the success column) >= 0.90.' in table
@@ -145,7 +148,9 @@ def test_seeds_run_by_separate_commands_pool_as_if_run_together(tmp_path):
         [aggregate('blockpush', 'energyflow', [1, 2], _runs(*values[1:]), 'p1')],
         {'blockpush': {**settings, 'seeds': [1, 2], 'machine': 'other box'}}, str(tmp_path))
     data = json.loads((tmp_path / 'quality.json').read_text())
-    assert written == data['records'] and data['settings']['blockpush']['seeds'] == [0, 1, 2]
+    assert written == data['records']
+    assert data['records'][0]['settings']['seeds'] == [0, 1, 2]
+    assert data['records'][0]['settings']['machine'] == 'other box'   # seed 0's: not recorded
     (pooled,) = data['records']
     assert pooled['seeds'] == [0, 1, 2]
     for key in ('success_mean', 'success_std', 'metric_mean', 'metric_std', 'train_s',
@@ -171,7 +176,12 @@ def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, c
         settings = {**settings, 'config_sha256': 'bb'}
     write_results([aggregate('blockpush', 'mse', seeds, runs, 'p1')], {'blockpush': settings},
                   str(tmp_path))
-    (record,) = json.loads((tmp_path / 'quality.json').read_text())['records']
+    records = json.loads((tmp_path / 'quality.json').read_text())['records']
+    if change in ('overlapping seeds', 'other params'):     # a rerun of the experiment
+        (record,) = records
+    else:                                  # another experiment: its own row, nothing lost
+        old, record = records
+        assert old['seeds'] == [0] and old['success_mean'] == 1.0
     assert record['seeds'] == seeds and record['success_mean'] == 0.0
 
 
@@ -266,16 +276,25 @@ def test_each_row_is_described_by_the_settings_it_was_run_with(tmp_path):
                   {'pusht': long}, str(tmp_path))
     data = json.loads((tmp_path / 'quality.json').read_text())
     by_method = {r['method']: r for r in data['records']}
-    assert by_method['energyflow']['settings']['steps'] == 120
-    assert by_method['mse']['settings']['steps'] == 60
+    assert [(r['method'], r['settings']['steps']) for r in data['records']] == [
+        ('energyflow', 60), ('energyflow', 120), ('mse', 60)]
     table = (tmp_path / 'quality.md').read_text()
-    assert "(a) full run on box, torch ?, device ?; 120 training steps" in table
-    assert "(b) full run on box, torch ?, device ?; 60 training steps" in table
-    assert '| energyflow | a | 1 |' in table and '| mse | b | 1 |' in table
-    # a table of one setting keeps its single description and no run column
+    assert "(a) full run on box, torch ?, device ?; 60 training steps" in table
+    assert "(b) full run on box, torch ?, device ?; 120 training steps" in table
+    assert '| energyflow | b | 1 | 0.900' in table and '| mse | a | 1 |' in table
+    # mse run with the new settings too: its row of the old ones is kept beside it
     write_results([aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'max_score')],
                   {'pusht': long}, str(tmp_path))
     table = (tmp_path / 'quality.md').read_text()
+    rows = [[c.strip() for c in line.split('|')[1:5]] for line in table.splitlines()
+            if line.startswith('| ') and ' | 1 |' in line]
+    assert rows == [['energyflow', 'a', '1', '0.500 ± 0.000'],
+                    ['energyflow', 'b', '1', '0.900 ± 0.000'],
+                    ['mse', 'a', '1', '0.500 ± 0.000'], ['mse', 'b', '1', '0.400 ± 0.000']]
+    # a table of one setting keeps its single description and no run column
+    write_results([aggregate('obstacles2d', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'path_cost')],
+                  {'obstacles2d': long}, str(tmp_path / 'one'))
+    table = (tmp_path / 'one' / 'quality.md').read_text()
     assert 'full run on box, torch ?, device ?; 120 training steps' in table
     assert '(a)' not in table and '| mse | 1 |' in table
 
@@ -305,3 +324,43 @@ def test_records_written_before_rows_kept_settings_take_their_tasks(tmp_path):
     records = json.loads((tmp_path / 'quality.json').read_text())['records']
     assert [(r['method'], r['settings']['steps']) for r in records] == [
         ('energyflow', 120), ('mse', 60)]
+
+
+def test_a_results_file_of_an_unknown_layout_is_refused_not_emptied(tmp_path):
+    flat = {'settings': {'mode': 'full', 'steps': 60},
+            'records': [aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'p1')]}
+    (tmp_path / 'quality.json').write_text(json.dumps(flat))
+    with pytest.raises(ValueError, match='quality.json keeps its settings in a layout'):
+        write_results([aggregate('pusht', 'energyflow', [0], _runs((0.9, 0.9, 1.0)), 'p1')],
+                      {'pusht': {'mode': 'full'}}, str(tmp_path))
+    assert json.loads((tmp_path / 'quality.json').read_text()) == flat
+
+
+def test_a_rerun_that_drops_recorded_seeds_says_so(tmp_path, capsys):
+    settings = {'pusht': {'mode': 'full', 'steps': 60}}
+    write_results([aggregate('pusht', 'mse', [0, 1, 2], _runs(*[(0.4, 0.4, 1.0)] * 3), 'p1')],
+                  settings, str(tmp_path))
+    write_results([aggregate('pusht', 'mse', [2, 3], _runs(*[(0.5, 0.5, 1.0)] * 2), 'p1')],
+                  settings, str(tmp_path))
+    assert 'pusht mse: seeds [2, 3] replace the recorded seeds [0, 1, 2] of the same ' \
+        'settings' in capsys.readouterr().out
+
+
+def test_seeds_from_two_machines_are_one_row_naming_both():
+    base = {'mode': 'full', 'steps': 60}
+    first = {**aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'p1'),
+             'settings': {**base, 'machine': 'gpu box', 'torch': '2.5'}}
+    second = {**aggregate('pusht', 'mse', [1], _runs((0.6, 0.6, 1.0)), 'p1'),
+              'settings': {**base, 'machine': 'laptop', 'torch': '2.13'}}
+    pooled = pool(first, second)
+    assert pooled['settings']['machine'] == 'gpu box; laptop'
+    assert pooled['settings']['torch'] == '2.5; 2.13'
+    other = {**aggregate('pusht', 'energyflow', [0], _runs((0.9, 0.9, 1.0)), 'p1'),
+             'settings': second['settings']}
+    table = _markdown([other, pooled])
+    assert '(a)' not in table and 'full run on laptop; gpu box, torch 2.13; 2.5' in table
+
+
+def test_smoke_results_never_default_to_the_committed_table():
+    assert _parse(['--smoke']).out == 'outputs/eval_smoke'
+    assert _parse([]).out == 'benchmarks/results'

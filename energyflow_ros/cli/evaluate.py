@@ -87,11 +87,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help='method whose parameter count every method is matched to')
     parser.add_argument('--config-dir', help='folder of train_<task>.yaml (default: the '
                                              "package's config folder)")
-    parser.add_argument('--out', default='benchmarks/results', help='where results go')
+    parser.add_argument('--out', help='where results go (default: benchmarks/results; '
+                                      '--smoke: outputs/eval_smoke, never the committed table)')
     parser.add_argument('--runs-dir', default='outputs/eval_runs', help='training runs')
     parser.add_argument('overrides', nargs='*', metavar='key.sub=value',
                         help='train config overrides applied to every run')
     args = parser.parse_intermixed_args(argv)
+    args.out = args.out or ('outputs/eval_smoke' if args.smoke else 'benchmarks/results')
     tasks = args.tasks or ('obstacles2d' if args.smoke else ','.join(task_names()))
     args.tasks, args.methods = tasks.split(','), args.methods.split(',')
     for label, chosen, allowed in (('task', args.tasks, task_names()),
@@ -326,16 +328,23 @@ def pool(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     weighted = {key: (n_old * old[key] + n_new * new[key]) / (n_old + n_new)
                 for key in ('train_s', 'infer_ms')}
     seeds = sorted(old['seeds'] + new['seeds'])
-    return {**new, 'seeds': seeds, 'success_mean': success[0],
-            'success_std': success[1], 'metric_mean': metric[0], 'metric_std': metric[1],
-            **weighted, 'metrics': metrics,
-            **({'settings': {**new['settings'], 'seeds': seeds}} if 'settings' in new else {})}
+    pooled = {**new, 'seeds': seeds, 'success_mean': success[0],
+              'success_std': success[1], 'metric_mean': metric[0], 'metric_std': metric[1],
+              **weighted, 'metrics': metrics}
+    if 'settings' in new:              # seeds split across machines: name every one
+        both_runs = (old.get('settings', {}), new['settings'])
+        pooled['settings'] = {**new['settings'], 'seeds': seeds, **{
+            key: '; '.join(dict.fromkeys(str(s[key]) for s in both_runs if key in s))
+            for key in ('machine', 'torch') if key in new['settings']}}
+    return pooled
 
 
-# Settings that must agree for records of different seeds to be pooled (machine and torch may
-# differ: seeds split across machines). config_sha256 covers the YAML (another --config-dir).
+# The settings that make one experiment: records of different seeds that agree on them are
+# pooled, and rows that agree share a label in the table (machine and torch may differ: seeds
+# split across machines). config_sha256 covers the YAML (another --config-dir); a record
+# written before it was kept is an experiment of its own.
 POOL_SETTINGS = ('mode', 'reference', 'overrides', 'episodes', 'device', 'steps',
-                 'config_sha256')
+                 'observation', 'config_sha256')
 # Config fields that differ between the runs of one record, or do not change its results.
 _UNHASHED = ('seed', 'out_dir', 'progress', 'checkpoint_every', 'log_every', 'method',
              'backbone')
@@ -347,15 +356,17 @@ def config_digest(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _poolable(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether ``old`` and ``new`` are seeds of one experiment: disjoint seeds, the same size,
-    headline metric and :data:`POOL_SETTINGS` (each record's own settings)."""
-    if old is None or not new.get('settings'):
-        return False
-    old_settings, settings = old.get('settings', {}), new['settings']
-    return (not set(old['seeds']) & set(new['seeds'])
-            and old['params'] == new['params'] and old['metric_name'] == new['metric_name']
-            and all(old_settings.get(k) == settings.get(k) for k in POOL_SETTINGS))
+def experiment(record: dict[str, Any]) -> str:
+    """The key of ``record``'s experiment: its task, method and :data:`POOL_SETTINGS`."""
+    settings = record.get('settings', {})
+    return json.dumps([record['task'], record['method'],
+                       {k: settings.get(k) for k in POOL_SETTINGS}], default=str)
+
+
+def _poolable(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``old`` and ``new`` (one experiment) are disjoint seeds of the same network."""
+    return (not set(old['seeds']) & set(new['seeds']) and old['params'] == new['params']
+            and old['metric_name'] == new['metric_name'])
 
 
 def _cell(mean: float, std: float) -> str:
@@ -367,23 +378,34 @@ def _metric_cell(record: dict[str, Any], name: str) -> str:
     return _cell(found['mean'], found['std']) if found else '—'
 
 
-def _describe(s: dict[str, Any]) -> str:
+def _describe(s: dict[str, Any], digest: bool = False) -> str:
     return (f'{s.get("mode", "?")} run on {s.get("machine", "?")}, torch {s.get("torch", "?")}, '
             f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, '
             f'{s.get("episodes", "?")} evaluation episodes per seed, reference '
             f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'
             + (f' Observed per frame: {", ".join(s["observation"])}.' if 'observation' in s
-               else ''))
+               else '')
+            + (f' Train config digest {s["config_sha256"][:12]}.' if digest
+               and s.get('config_sha256') else ' Train config digest not recorded.'
+               if digest else ''))
 
 
 def _setting_groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """``rows`` grouped by the settings they were run with (seeds aside), in table order."""
+    """``rows`` grouped by experiment settings (:data:`POOL_SETTINGS`), in table order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        key = json.dumps({k: v for k, v in r.get('settings', {}).items() if k != 'seeds'},
-                         sort_keys=True, default=str)
+        settings = r.get('settings', {})
+        key = json.dumps({k: settings.get(k) for k in POOL_SETTINGS}, default=str)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
+
+
+def _group_settings(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings of a group's rows, with every machine and torch version they ran on."""
+    return {**group[0].get('settings', {}), **{
+        key: '; '.join(dict.fromkeys(part for r in group
+                                     for part in str(r['settings'][key]).split('; ')))
+        for key in ('machine', 'torch') if all(key in r.get('settings', {}) for r in group)}}
 
 
 def _markdown(records: list[dict[str, Any]]) -> str:
@@ -405,10 +427,10 @@ def _markdown(records: list[dict[str, Any]]) -> str:
         columns = ['success', *headline, *extra]
         lines += [f'## {task}', '']
         if len(groups) == 1:
-            lines += [_describe(rows[0].get('settings', {})), '']
+            lines += [_describe(_group_settings(rows)), '']
         else:
             lines += ['Rows run with different settings; the run column says which:', '',
-                      *(f'- ({chr(ord("a") + i)}) {_describe(g[0].get("settings", {}))}'
+                      *(f'- ({chr(ord("a") + i)}) {_describe(_group_settings(g), True)}'
                         for i, g in enumerate(groups)), '']
         if task in TASK_TARGETS:
             lines += [f'Targets: {TASK_TARGETS[task]}', '']
@@ -438,36 +460,46 @@ def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, A
                   out: str) -> list[dict[str, Any]]:
     """Merge ``records`` into ``<out>/quality.json`` and rewrite ``quality.md`` (atomically).
 
-    A record replaces an earlier one of the same task and method; ``settings`` are per task
-    (the command's), and each record keeps its own copy, so rows of one task run by
-    different commands are described (and graded) by what each was run with. So tasks and
-    methods can be run by separate commands (and machines) into one table. An earlier record
-    of other seeds, run with the same settings (:data:`POOL_SETTINGS`), is pooled with the
-    new one instead (:func:`pool`). Returns ``records`` as written.
+    ``settings`` are per task (the command's); each record keeps its own copy, so tasks,
+    methods and settings can be run by separate commands (and machines) into one table, every
+    row described and graded by what it was run with. A record of the same task, method and
+    settings (:func:`experiment`) as an earlier one is pooled with it when their seeds are
+    disjoint (:func:`pool`) and replaces it otherwise (said, with the seeds dropped); one of
+    other settings is a row of its own. Returns ``records`` as written.
+
+    Raises:
+        ValueError: ``quality.json`` is of a layout this does not know (named; nothing is
+            written, so its records are not lost).
     """
-    old = load_results(os.path.join(out, 'quality.json')) or {}
+    path = os.path.join(out, 'quality.json')
+    old = load_results(path) or {}
     old_settings = old.get('settings', {})
-    if not all(isinstance(v, dict) for v in old_settings.values()):
-        old_settings = {}     # a file from before settings were kept per task
+    if not isinstance(old_settings, dict) or not all(isinstance(v, dict)
+                                                     for v in old_settings.values()):
+        raise ValueError(f'{path} keeps its settings in a layout this version does not know '
+                         '(not one dict per task); move it away or write to another --out')
     # records from before each kept its own settings were all run with their task's
     old_records = [{**r, 'settings': r.get('settings', old_settings.get(r['task'], {}))}
-                   for r in (old.get('records', []) if old_settings else [])]
+                   for r in old.get('records', [])]
     records = [{**r, 'settings': {**settings.get(r['task'], {}), 'seeds': r['seeds']}}
                for r in records]
-    earlier = {(r['task'], r['method']): r for r in old_records}
-    records = [pool(earlier[(r['task'], r['method'])], r)
-               if _poolable(earlier.get((r['task'], r['method'])), r) else r for r in records]
-    merged = merge_records(old_records, records, lambda r: (r['task'], r['method']))
+    earlier = {experiment(r): r for r in old_records}
+    written = []
+    for r in records:
+        before = earlier.get(experiment(r))
+        if before is not None and _poolable(before, r):
+            r = pool(before, r)
+        elif before is not None and not set(before['seeds']) <= set(r['seeds']):
+            print(f"{PROG}: {r['task']} {r['method']}: seeds {r['seeds']} replace the "
+                  f"recorded seeds {before['seeds']} of the same settings"
+                  + (' (another network size)' if before['params'] != r['params'] else ''),
+                  flush=True)
+        written.append(r)
+    merged = merge_records(old_records, written, experiment)
     merged.sort(key=lambda r: (_task_order(r['task']), _method_order(r['method'])))
-    settings = {**old_settings, **settings}
-    for task in settings:
-        seeds = sorted({s for r in merged if r['task'] == task for s in r['seeds']})
-        if seeds and 'seeds' in settings[task]:
-            settings[task] = {**settings[task], 'seeds': seeds}
-    write_files(out, {'quality.json': json.dumps({'settings': settings, 'records': merged},
-                                                 indent=2) + '\n',
+    write_files(out, {'quality.json': json.dumps({'records': merged}, indent=2) + '\n',
                       'quality.md': _markdown(merged)})
-    return records
+    return written
 
 
 def _task_order(task: str) -> int:
