@@ -283,3 +283,44 @@ def test_target_status_names_the_records_that_meet_or_miss_each_target():
     check['expert_outranks_pct'] = 90.0
     assert reward_eval.target_status({'checks': [check], 'rl': []})[0].startswith(
         '- obstacles2d, reward checks: **met** (1 of 1 rows; centered')
+
+
+def _rl_record(**changes):
+    return {'task': 'obstacles2d', 'reward_source': 'true', 'seeds': [0, 1, 2],
+            'env_steps': 100, 'success_mean': 0.5, 'success_std': 0.1, 'progress_mean': 0.5,
+            'collision_mean': 0.0, 'train_s': 1.0, 'eval_episodes': 30, 'demo_episodes': 200,
+            'gamma': 0.99, 'train_freq': 1, **changes}
+
+
+def test_results_of_other_runs_are_rows_of_their_own_and_say_what_they_ran_with(tmp_path):
+    out = str(tmp_path)
+    full = {'obstacles2d': {'mode': 'full', 'demo_episodes': 200, 'machine': 'box',
+                            'torch': '2.13'}}
+    # an older file: records without their run's settings take their task's
+    (tmp_path / 'reward.json').write_text(json.dumps(
+        {'settings': full, 'checks': [], 'rl': [_rl_record()]}))
+    smoke = {'obstacles2d': {**full['obstacles2d'], 'mode': 'smoke', 'demo_episodes': 5}}
+    reward_eval.write_results({'settings': smoke, 'checks': [],
+                               'rl': [_rl_record(success_mean=0.0, demo_episodes=5)]}, out)
+    rl = json.loads((tmp_path / 'reward.json').read_text())['rl']
+    assert sorted((r['mode'], r['demo_episodes'], r['success_mean']) for r in rl) == [
+        ('full', 200, 0.5), ('smoke', 5, 0.0)]
+    text = (tmp_path / 'reward.md').read_text()
+    assert '- obstacles2d (full): 200 demonstrations; box, torch 2.13 (0 check rows, 1 RL ' \
+        'rows).' in text
+    assert '- obstacles2d (smoke): 5 demonstrations; box, torch 2.13 (0 check rows, 1 RL ' \
+        'rows).' in text
+
+
+def test_a_results_file_of_an_unknown_layout_is_refused_not_emptied(tmp_path):
+    flat = {'settings': {'mode': 'full'}, 'checks': [], 'rl': [_rl_record()]}
+    (tmp_path / 'reward.json').write_text(json.dumps(flat))
+    with pytest.raises(ValueError, match='reward.json keeps its settings in a layout'):
+        reward_eval.write_results({'settings': {}, 'checks': [], 'rl': [_rl_record()]},
+                                  str(tmp_path))
+    assert json.loads((tmp_path / 'reward.json').read_text()) == flat
+
+
+def test_smoke_results_never_default_to_the_committed_files():
+    assert reward_eval._parse(['--smoke']).out == 'outputs/reward_smoke'
+    assert reward_eval._parse([]).out == 'benchmarks/results'

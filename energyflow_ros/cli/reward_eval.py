@@ -95,8 +95,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--no-rl', action='store_true', help='only the reward checks')
     parser.add_argument('--no-checks', action='store_true', help='only the RL part')
     parser.add_argument('--smoke', action='store_true', help='tiny settings for a CI check')
-    parser.add_argument('--out', default='benchmarks/results', help='where results go')
+    parser.add_argument('--out', help='where results go (default: benchmarks/results; '
+                                      '--smoke: outputs/reward_smoke, never the committed files)')
     args = parser.parse_args(argv)
+    args.out = args.out or ('outputs/reward_smoke' if args.smoke else 'benchmarks/results')
     if not 0.0 <= args.gamma < 1.0:
         parser.error(f'--gamma {args.gamma}: expected 0 <= gamma < 1')
     tasks = args.tasks or ('obstacles2d' if args.smoke else ','.join(TASK_TICKS))
@@ -227,12 +229,16 @@ def run_rl(task: str, model: OnnxModel, config: ChunkEnvConfig, args: argparse.N
 
 def _markdown(result: dict[str, Any]) -> str:
     lines = ['# Extracted reward: checks and downstream RL', '',
-             f'Produced by `{PROG}`; the settings of the latest run per task (every record '
-             'in reward.json carries its own):', '']
-    for task, s in result['settings'].items():
-        lines.append(f"- {task} ({s['mode']}): {s['check_rollouts']} rollouts per policy "
-                     f"family in the checks; {s['demo_episodes']} demonstrations; "
-                     f"{s['machine']}, torch {s['torch']}.")
+             f'Produced by `{PROG}`. What the rows were run with (each record in reward.json '
+             'carries its own; the demonstration count sets the RL action scale and the '
+             "expert data GAIL and AIRL learn from):", '']
+    runs: dict[tuple, list[int]] = {}
+    for part, key in (('checks', 0), ('rl', 1)):
+        for r in result[part]:
+            runs.setdefault((r['task'], *(r.get(k, '?') for k in RUN_KEYS)), [0, 0])[key] += 1
+    for (task, mode, demos, machine, version), (n_checks, n_rl) in runs.items():
+        lines.append(f'- {task} ({mode}): {demos} demonstrations; {machine}, torch {version} '
+                     f'({n_checks} check rows, {n_rl} RL rows).')
     lines += ['', '## Reward checks', '',
               '| task | model | variant | sigma | Spearman (progress) | Spearman (return) | '
               'expert outranks % | by noise scale (% wins) | rollouts | pairs |',
@@ -358,13 +364,21 @@ def _order(name: str) -> int:
     return names.index(name) if name in names else len(names)
 
 
+# What every record carries about the run that made it (older records take their task's
+# settings when read): smoke and full runs, and runs on other demonstration sets, are
+# different rows, never one replacing the other.
+RUN_KEYS = ('mode', 'demo_episodes', 'machine', 'torch')
+
+
 def _check_key(record: dict[str, Any]) -> tuple:
-    return record['task'], record['reward_variant'], record['sigma_name'], record.get('model')
+    return (record['task'], record['reward_variant'], record['sigma_name'], record.get('model'),
+            record.get('mode'), record.get('demo_episodes'))
 
 
 def _rl_key(record: dict[str, Any]) -> tuple:
     budget = (record.get('gamma', DEFAULT_GAMMA), record.get('env_steps'),
-              record.get('train_freq', LEGACY_TRAIN_FREQ))
+              record.get('train_freq', LEGACY_TRAIN_FREQ), record.get('mode'),
+              record.get('demo_episodes'))
     if record['reward_source'] != 'energyflow':
         return record['task'], record['reward_source'], *budget
     return (record['task'], 'energyflow', record.get('rl_variant'), record.get('rl_sigma'),
@@ -376,19 +390,31 @@ def write_results(result: dict[str, Any], out: str) -> None:
 
     A record replaces an earlier one with the same task, variant, sigma and model (checks) or
     task, reward source, discount, environment steps and update rate (RL; for ``energyflow``
-    also its variant, sigma and model); the others are kept, so tasks, sources, reward models and
-    budgets can be run by separate commands into the same folder. Every RL record carries
-    the settings it was run with.
+    also its variant, sigma and model), both also of the same mode and demonstration count
+    (:data:`RUN_KEYS`); the others are kept, so tasks, sources, reward models and budgets can
+    be run by separate commands into the same folder. Every record carries the settings it
+    was run with (:data:`RUN_KEYS` are added here from ``result['settings']``).
+
+    Raises:
+        ValueError: ``reward.json`` is of a layout this does not know (named; nothing is
+            written, so its records are not lost).
     """
     path = os.path.join(out, 'reward.json')
-    merged: dict[str, Any] = {'settings': {}, 'checks': [], 'rl': []}
-    old = load_results(path)
-    if old and isinstance(old.get('settings'), dict) and all(
-            isinstance(v, dict) for v in old['settings'].values()):
-        merged = old
-    merged['settings'].update(result['settings'])
+    old = load_results(path) or {'settings': {}, 'checks': [], 'rl': []}
+    settings = old.get('settings')
+    if not isinstance(settings, dict) or not all(isinstance(v, dict)
+                                                 for v in settings.values()):
+        raise ValueError(f'{path} keeps its settings in a layout this version does not know '
+                         '(not one dict per task); move it away or write to another --out')
+
+    def stamped(records: list[dict[str, Any]], sources: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{**{k: sources.get(r['task'], {}).get(k) for k in RUN_KEYS
+                    if k in sources.get(r['task'], {})}, **r} for r in records]
+
+    merged: dict[str, Any] = {'settings': {**settings, **result['settings']}}
     for key, ident in (('checks', _check_key), ('rl', _rl_key)):
-        merged[key] = merge_records(merged.get(key, []), result[key], ident)
+        merged[key] = merge_records(stamped(old.get(key, []), settings),
+                                    stamped(result[key], result['settings']), ident)
         merged[key].sort(key=lambda r: (r['task'], r.get('sigma_name', ''),
                                         _order(r.get('reward_variant') or r['reward_source'])))
     write_files(out, {'reward.json': json.dumps(merged, indent=2) + '\n',
