@@ -53,7 +53,7 @@ from energyflow_ros.core.methods import build_method, Method  # noqa: E402
 from energyflow_ros.core.networks import count_parameters  # noqa: E402
 from energyflow_ros.data.dataset import Normalizer  # noqa: E402
 from energyflow_ros.export.graphs import DDIMGraph, energy_term  # noqa: E402
-from energyflow_ros.cli.results_files import write_files  # noqa: E402
+from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
 from energyflow_ros.export.onnx_export import (  # noqa: E402
     DEFAULT_ATOL, DEFAULT_RTOL, export_method,
 )
@@ -110,6 +110,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         'compares real trajectories (untrained, they barely move)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny model and grid (smoke test); results get a -quick suffix')
+    parser.add_argument('--force', action='store_true',
+                        help='replace a results file of other settings (refused otherwise)')
     if '--quick' in (sys.argv[1:] if argv is None else argv):   # explicit flags still win
         parser.set_defaults(particles='4,8', steps='2,3', ddim_steps=3, repeats=5, block=1,
                             warmup=1, hidden=32, depth=2, horizon=4, fit_steps=30)
@@ -543,9 +545,21 @@ def markdown(info: dict[str, Any], args: argparse.Namespace, recs: list[dict[str
     return '\n'.join(lines + ['', '## Notes', ''] + [f'- {n}' for n in notes]) + '\n'
 
 
+def _stem(args: argparse.Namespace, device: str) -> str:
+    """The results files' name without extension, for onnxruntime rows run on ``device``."""
+    return (f'latency-{device}' + (f'-torch-{args.torch_device}' if args.torch_device else '')
+            + ('-quick' if args.quick else ''))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print and write the results."""
     args = _parse(argv)
+    compared = {k: v for k, v in vars(args).items() if k not in ('out', 'force')}
+    conflict = None if args.force else settings_conflict(
+        os.path.join(args.out, _stem(args, args.device) + '.json'), compared)
+    if conflict:                        # said before minutes of timing, not after
+        print(f'latency: error: {conflict}', file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     info = machine_info(args)
     print(json.dumps(info, indent=1))
@@ -607,9 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"The torch rows ran on {info['gpu'] or 'a CUDA device'} (torch "
                      f"{torch.__version__}, CUDA {torch.version.cuda}); the onnxruntime rows on "
                      f"{device}.")
-    suffix = (f'-torch-{args.torch_device}' if args.torch_device else '') + (
-        '-quick' if args.quick else '')
-    stem = f'latency-{device}{suffix}'
+    # a run that fell back to another device does not replace that device's own results
+    stem = _stem(args, device) + ('' if device == args.device else f'-from-{args.device}')
     text = markdown(info, args, recs, peak, notes)
     write_files(args.out, {stem + '.json': json.dumps(
         {'machine': info, 'settings': dict(vars(args)), 'matmul_peak': peak, 'records': recs,

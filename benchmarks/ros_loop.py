@@ -49,7 +49,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 import yaml  # noqa: E402
 
-from energyflow_ros.cli.results_files import write_files  # noqa: E402
+from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(ROOT, 'models', 'obstacles2d_energyflow.onnx')
 COMMANDS = '/forward_position_controller/commands'
@@ -66,6 +66,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='planner device: cpu | cuda')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results'))
     parser.add_argument('--note', default='', help='free text stored with the results')
+    parser.add_argument('--force', action='store_true',
+                        help='replace a results file of other settings (refused otherwise)')
     return parser.parse_args(argv)
 
 
@@ -247,6 +249,13 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every rate; write the JSON and Markdown results."""
     args = _parse(argv)
+    compared = {k: v for k, v in vars(args).items() if k not in ('out', 'force', 'note')}
+    stem = f'ros_loop-{args.device}'
+    conflict = None if args.force else settings_conflict(
+        os.path.join(args.out, stem + '.json'), compared)
+    if conflict:                        # said before the rates run, not after
+        print(f'ros_loop: error: {conflict}', file=sys.stderr)
+        return 2
     rates = [float(r) for r in args.rates.split(',')]
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault('ROS_LOG_DIR', os.path.join(tempfile.gettempdir(), 'ros_loop_logs'))
@@ -268,9 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown()
         robot.destroy_node()
         rclpy.try_shutdown()
-    stem = f'ros_loop-{args.device}'
-    write_files(args.out, {stem + '.json': json.dumps({'machine': info, 'results': rows},
-                                                      indent=2) + '\n',
+    write_files(args.out, {stem + '.json': json.dumps({'machine': info, 'settings': compared,
+                                                       'results': rows}, indent=2) + '\n',
                            stem + '.md': markdown(info, rows)})
     print(f'wrote {os.path.join(args.out, stem)}.json and .md')
     return 0

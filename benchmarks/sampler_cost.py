@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from energyflow_ros.cli.results_files import write_files  # noqa: E402
+from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
 from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
 from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
 from energyflow_ros.runtime.providers import (  # noqa: E402
@@ -168,6 +168,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--tag', default='',
                         help='results file suffix: sampler_cost-<task>-<tag>-<device>.md (runs '
                         'of other checkpoints or episodes keep their own files)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace a results file of other settings (refused otherwise)')
     args = parser.parse_args(argv)
     try:
         _lean_warm(args.lean_warm)
@@ -479,6 +481,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
     task_name = load_checkpoint(args.energy).payload['train_meta']['task']
+    tag = f'-{args.tag}' if args.tag else ''
+    compared = {k: v for k, v in vars(args).items() if k not in ('out', 'force', 'tag')}
+    # a checkpoint no setting uses is not a difference (older files record None for it)
+    compared['diffusion'] = args.diffusion if _ints(args.ddim_steps) else None
+    compared['rnce'] = args.rnce if _rnce_settings(args.rnce_settings) else None
+    conflict = None if args.force else settings_conflict(
+        os.path.join(args.out, f'sampler_cost-{task_name}{tag}-cpu.json'), compared)
+    if conflict:                        # said before the episodes run, not after
+        print(f'sampler_cost: error: {conflict}', file=sys.stderr)
+        return 2
     settings = build_settings(args)
     info = {'task': task_name, 'device': 'cpu', 'energy': args.energy,
             'diffusion': args.diffusion if _ints(args.ddim_steps) else None,
@@ -496,10 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     recs = [record(s, metric_name) for s in settings]
     lines = comparisons(recs)
     text = markdown(info, recs, lines)
-    tag = f'-{args.tag}' if args.tag else ''
     stem = f"sampler_cost-{task_name}{tag}-{info['device']}"
     write_files(args.out, {stem + '.json': json.dumps(
-        {'info': info, 'records': recs, 'comparisons': lines}, indent=1) + '\n',
+        {'info': info, 'settings': compared, 'records': recs, 'comparisons': lines},
+        indent=1) + '\n',
         stem + '.md': text})
     print(text)
     return 0

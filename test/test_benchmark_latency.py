@@ -54,6 +54,12 @@ def test_quick_run_writes_one_record_per_backend_and_config(latency, tmp_path, c
     cold = [r for r in recs if r['backend'] == 'ort-fused']
     assert min(r['torch_moved'] for r in cold) > 0.1, cold
     assert result['matmul_peak']['gflops'] > 0 and result['machine']['cores'] >= 1
+    # a run of other settings into the same file is refused before it times anything
+    before = (tmp_path / 'latency-cpu-quick.json').read_text()
+    assert latency.main(['--quick', '--threads', '1', '--repeats', '4',
+                         '--out', str(tmp_path)]) == 2
+    assert 'repeats: 3 there, 4 now' in capsys.readouterr().err
+    assert (tmp_path / 'latency-cpu-quick.json').read_text() == before
 
 
 def test_torch_device_times_the_fused_computation_in_torch(latency, tmp_path, capsys):

@@ -109,6 +109,16 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
     ranked = recs['rnce N=2 K=0']           # proposal draws ranked by the energy, one graph
     assert (ranked['n_particles'], ranked['cold_steps'], ranked['warm_plans']) == (2, 0, 0)
     assert any('warm K=1 vs energyflow cold K=4' in line for line in data['comparisons'])
+    # the same tag with other settings is refused before any episode runs; --tag keeps both
+    before = (tmp_path / 'sampler_cost-obstacles2d-probe-cpu.json').read_text()
+    seeds.clear()
+    assert bench.main(['--energy', checkpoints['energyflow'], '--ddim-steps', '',
+                       '--rnce-settings', '', '--episodes', '2', '--cold-steps', '2',
+                       '--warm-steps', '', '--particles', '4', '--threads', '1', '--tag', 'probe',
+                       '--out', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert 'episodes: 1 there, 2 now' in err and "diffusion: '" in err and not seeds
+    assert (tmp_path / 'sampler_cost-obstacles2d-probe-cpu.json').read_text() == before
 
 
 def test_equal_success_allows_one_standard_error(bench):

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, Callable, Hashable
 
-__all__ = ['load_results', 'merge_records', 'write_files']
+__all__ = ['load_results', 'merge_records', 'settings_conflict', 'write_files']
 
 
 def load_results(path: str) -> dict[str, Any] | None:
@@ -48,3 +48,24 @@ def write_files(out: str, files: dict[str, str]) -> None:
         with open(tmp, 'w', encoding='utf-8') as handle:
             handle.write(text)
         os.replace(tmp, os.path.join(out, name))
+
+
+def settings_conflict(path: str, settings: dict[str, Any]) -> str | None:
+    """Why writing results of ``settings`` to ``path`` would replace results of others.
+
+    For the benchmarks whose results file is one run (latency, sampler cost, ROS loop): the
+    file's recorded ``settings`` (or, in older files, ``info``) are compared with the new
+    run's on the keys both have. Returns a sentence naming the file and every setting that
+    differs, or None when the file is absent, records none of them, or they agree.
+    """
+    old = load_results(path)
+    if not old:
+        return None
+    recorded = old.get('settings') or old.get('info') or {}
+    differ = sorted(k for k in settings if k in recorded and recorded[k] != settings[k])
+    if not differ:
+        return None
+    return (f'{path} holds results of other settings ('
+            + ', '.join(f'{k}: {recorded[k]!r} there, {settings[k]!r} now' for k in differ)
+            + '); write them elsewhere (--out, or --tag where there is one) or pass --force '
+            'to replace them')
