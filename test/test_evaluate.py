@@ -364,3 +364,52 @@ def test_seeds_from_two_machines_are_one_row_naming_both():
 def test_smoke_results_never_default_to_the_committed_table():
     assert _parse(['--smoke']).out == 'outputs/eval_smoke'
     assert _parse([]).out == 'benchmarks/results'
+
+
+def test_merge_folds_another_table_in_with_each_records_settings(tmp_path, capsys):
+    # seeds 0-1 of the 120-step setting run here, seed 2 elsewhere into its own table, plus a
+    # row of another setting (an experiment written to its own --out): one table after
+    short = {'mode': 'full', 'steps': 60, 'overrides': ['optim.steps=60'], 'machine': 'box'}
+    long = {**short, 'steps': 120, 'overrides': ['optim.steps=120']}
+    main_dir, other = tmp_path / 'main', tmp_path / 'other'
+    write_results([aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'p1'),
+                   aggregate('pusht', 'energyflow', [0, 1], _runs((0.8, 0.8, 1.0),
+                                                                    (0.9, 0.9, 1.0)),
+                             'p1')],
+                  {'pusht': long}, str(main_dir))
+    write_results([aggregate('pusht', 'energyflow', [2], _runs((1.0, 1.0, 1.0)), 'p1'),
+                   aggregate('pusht', 'diffusion', [0], _runs((0.3, 0.3, 1.0)), 'p1')],
+                  {'pusht': {**long, 'machine': 'gpu box'}}, str(other))
+    legacy = {'settings': {'pusht': short},
+              'records': [aggregate('pusht', 'mse', [0], _runs((0.2, 0.2, 1.0)), 'p1')]}
+    (tmp_path / 'legacy.json').write_text(json.dumps(legacy))
+    assert main(['--merge', str(other / 'quality.json'), '--merge',
+                 str(tmp_path / 'legacy.json'), '--out', str(main_dir)]) == 0
+    assert 'wrote' in capsys.readouterr().out
+    records = json.loads((main_dir / 'quality.json').read_text())['records']
+    rows = {(r['method'], r['settings']['steps']): r for r in records}
+    assert sorted(rows) == [('diffusion', 120), ('energyflow', 120), ('mse', 60), ('mse', 120)]
+    pooled = rows['energyflow', 120]
+    assert pooled['seeds'] == [0, 1, 2] and pooled['metric_mean'] == pytest.approx(0.9)
+    assert pooled['settings']['machine'] == 'box; gpu box'
+    assert rows['mse', 60]['metric_mean'] == 0.2 and rows['mse', 120]['metric_mean'] == 0.4
+    table = (main_dir / 'quality.md').read_text()
+    assert '(a) full run on box; gpu box' in table and '(b) full run on box,' in table
+    assert '| diffusion | a | 1 |' in table and '| energyflow | a | 3 |' in table
+    assert '| mse | a | 1 | 0.400' in table and '| mse | b | 1 | 0.200' in table
+
+
+def test_merge_refuses_what_it_cannot_fold_in(tmp_path, capsys):
+    write_results([aggregate('pusht', 'mse', [0], _runs((0.4, 0.4, 1.0)), 'p1')],
+                  {'pusht': {'mode': 'full'}}, str(tmp_path))
+    before = (tmp_path / 'quality.json').read_text()
+    (tmp_path / 'latency.json').write_text(json.dumps({'records': [{'backend': 'ort'}]}))
+    for path, why in ((tmp_path / 'absent.json', 'no quality records there'),
+                      (tmp_path / 'latency.json', 'not a list of task records'),
+                      (tmp_path / 'quality.json', 'is the table merged into')):
+        assert main(['--merge', str(path), '--out', str(tmp_path)]) == 2
+        assert why in capsys.readouterr().err
+    assert (tmp_path / 'quality.json').read_text() == before
+    with pytest.raises(SystemExit):
+        _parse(['--merge', 'a.json', 'optim.steps=5'])
+    assert '--merge trains nothing' in capsys.readouterr().err

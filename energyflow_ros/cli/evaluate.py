@@ -90,9 +90,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--out', help='where results go (default: benchmarks/results; '
                                       '--smoke: outputs/eval_smoke, never the committed table)')
     parser.add_argument('--runs-dir', default='outputs/eval_runs', help='training runs')
+    parser.add_argument('--merge', action='append', default=[], metavar='QUALITY_JSON',
+                        help="fold another quality.json's records (seeds run on another "
+                             'machine, or an experiment written to its own --out) into '
+                             "--out's table, each with the settings it was run with, and "
+                             'train nothing; repeatable')
     parser.add_argument('overrides', nargs='*', metavar='key.sub=value',
                         help='train config overrides applied to every run')
     args = parser.parse_intermixed_args(argv)
+    if args.merge and (args.overrides or args.tasks or args.smoke):
+        parser.error('--merge trains nothing: it takes no --tasks, --smoke or overrides')
     args.out = args.out or ('outputs/eval_smoke' if args.smoke else 'benchmarks/results')
     tasks = args.tasks or ('obstacles2d' if args.smoke else ','.join(task_names()))
     args.tasks, args.methods = tasks.split(','), args.methods.split(',')
@@ -456,11 +463,33 @@ def _markdown(records: list[dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 
-def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]],
+def recorded(data: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """The records of the quality results ``data`` (read from ``path``), each with its settings.
+
+    Raises:
+        ValueError: ``data`` is of a layout this does not know (named).
+    """
+    old_settings = data.get('settings', {})
+    records = data.get('records', [])
+    if not isinstance(old_settings, dict) or not all(isinstance(v, dict)
+                                                     for v in old_settings.values()):
+        raise ValueError(f'{path} keeps its settings in a layout this version does not know '
+                         '(not one dict per task); move it away or write to another --out')
+    if not isinstance(records, list) or not all(isinstance(r, dict) and 'task' in r
+                                                for r in records):
+        raise ValueError(f'{path} keeps its records in a layout this version does not know '
+                         '(not a list of task records)')
+    # records from before each kept its own settings were all run with their task's
+    return [{**r, 'settings': r.get('settings', old_settings.get(r['task'], {}))}
+            for r in records]
+
+
+def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, Any]] | None,
                   out: str) -> list[dict[str, Any]]:
     """Merge ``records`` into ``<out>/quality.json`` and rewrite ``quality.md`` (atomically).
 
-    ``settings`` are per task (the command's); each record keeps its own copy, so tasks,
+    ``settings`` are per task (the command's), or None for records that carry their own
+    (:func:`merge_files`); each record keeps its own copy, so tasks,
     methods and settings can be run by separate commands (and machines) into one table, every
     row described and graded by what it was run with. A record of the same task, method and
     settings (:func:`experiment`) as an earlier one is pooled with it when their seeds are
@@ -472,20 +501,13 @@ def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, A
             written, so its records are not lost).
     """
     path = os.path.join(out, 'quality.json')
-    old = load_results(path) or {}
-    old_settings = old.get('settings', {})
-    if not isinstance(old_settings, dict) or not all(isinstance(v, dict)
-                                                     for v in old_settings.values()):
-        raise ValueError(f'{path} keeps its settings in a layout this version does not know '
-                         '(not one dict per task); move it away or write to another --out')
-    # records from before each kept its own settings were all run with their task's
-    old_records = [{**r, 'settings': r.get('settings', old_settings.get(r['task'], {}))}
-                   for r in old.get('records', [])]
-    records = [{**r, 'settings': {**settings.get(r['task'], {}), 'seeds': r['seeds']}}
-               for r in records]
+    old_records = recorded(load_results(path) or {}, path)
+    if settings is not None:
+        records = [{**r, 'settings': {**settings.get(r['task'], {}), 'seeds': r['seeds']}}
+                   for r in records]
     earlier = {experiment(r): r for r in old_records}
-    written = []
-    for r in records:
+    written: dict[str, dict[str, Any]] = {}
+    for r in records:               # in order: a later record pools with an earlier one
         before = earlier.get(experiment(r))
         if before is not None and _poolable(before, r):
             r = pool(before, r)
@@ -494,12 +516,35 @@ def write_results(records: list[dict[str, Any]], settings: dict[str, dict[str, A
                   f"recorded seeds {before['seeds']} of the same settings"
                   + (' (another network size)' if before['params'] != r['params'] else ''),
                   flush=True)
-        written.append(r)
-    merged = merge_records(old_records, written, experiment)
+        earlier[experiment(r)] = written[experiment(r)] = r
+    merged = merge_records(old_records, list(written.values()), experiment)
     merged.sort(key=lambda r: (_task_order(r['task']), _method_order(r['method'])))
     write_files(out, {'quality.json': json.dumps({'records': merged}, indent=2) + '\n',
                       'quality.md': _markdown(merged)})
-    return written
+    return list(written.values())
+
+
+def merge_files(paths: list[str], out: str) -> list[dict[str, Any]]:
+    """Fold the records of the quality results in ``paths`` into ``<out>``'s table.
+
+    Each record keeps the settings it was run with, so it pools with the table's records of
+    the same experiment and other seeds, and is a row of its own otherwise. Returns the
+    records as written.
+
+    Raises:
+        ValueError: a file is missing, not a quality results file, or ``out``'s own file.
+    """
+    target = os.path.realpath(os.path.join(out, 'quality.json'))
+    records = []
+    for path in paths:
+        if os.path.realpath(path) == target:
+            raise ValueError(f'{path} is the table merged into (--out); name another file')
+        data = load_results(path)
+        if data is None or not data.get('records'):
+            raise ValueError(f'{path}: no quality records there (an energyflow-eval '
+                             'quality.json is expected)')
+        records += recorded(data, path)
+    return write_results(records, None, out)
 
 
 def _task_order(task: str) -> int:
@@ -538,6 +583,17 @@ def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: train and evaluate the grid, print a line per record, write the results."""
     args = _parse(argv)
+    if args.merge:
+        try:
+            written = merge_files(args.merge, args.out)
+        except (OSError, ValueError) as exc:
+            print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        for r in written:
+            print(f"  {r['task']:<12} {r['method']:<11} seeds {r['seeds']}  "
+                  f"{r['metric_name']} {r['metric_mean']:.3f}", flush=True)
+        print(f"wrote {os.path.join(args.out, 'quality.md')} and quality.json")
+        return 0
     common = {'mode': 'smoke' if args.smoke else 'full',
               'seeds': list(range(args.first_seed, args.first_seed + args.seeds)),
               'reference': args.reference, 'overrides': list(args.overrides),
