@@ -358,7 +358,7 @@ def _ddim_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Bac
         return model.run('sampler', {'obs': obs, 'init': init})['action'][0], 0
     flops = ddim_flops(args, method)
     return [Backend('torch-ddim', 1, args.ddim_steps, torch_run, flops, device='cpu'),
-            Backend('ort-ddim', 1, args.ddim_steps, ort_run, flops)]
+            Backend('ort-ddim', 1, args.ddim_steps, ort_run, flops, device=model.provider)]
 
 
 def make_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Backend]:
@@ -372,13 +372,15 @@ def make_backends(args: argparse.Namespace, models: dict[str, Any]) -> list[Back
             ref = _torch_sampler(models['energy'], feeds)
             group = [Backend('torch-eager-autograd', n, k, ref, sampler_flops(args, n, k),
                              device='cpu'),
+                     # each onnxruntime row is labelled by the provider its own session
+                     # got (a model may fall back where another did not)
                      Backend('ort-gradient-loop', n, k, _ort_loop(models['loops'][k], feeds),
-                             sampler_flops(args, n, k)),
+                             sampler_flops(args, n, k), device=models['loops'][k].provider),
                      Backend('ort-fused', n, k, _ort_fused(model, 'sampler', feeds),
-                             sampler_flops(args, n, k)),
+                             sampler_flops(args, n, k), device=model.provider),
                      Backend('ort-fused-warm', n, warm_k,
                              _ort_fused(model, 'warm_sampler', warm),
-                             sampler_flops(args, n, warm_k))]
+                             sampler_flops(args, n, warm_k), device=model.provider)]
             extra = _torch_backends(args, models, n, k, feeds)
             _check(group[0], group[1:3] + extra, feeds['init'][0])
             group[2].check['warm_K'] = warm_k
