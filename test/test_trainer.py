@@ -153,6 +153,35 @@ def test_ema_warms_up_and_converges_to_constant_weights():
         ExponentialMovingAverage(net, 1.0)
 
 
+def test_ema_spectral_norm_divides_by_the_averaged_weights_norm():
+    # The U-Net energy's head is spectrally normalised. Its power-iteration vectors are
+    # buffers: averaged like weights they shrank (the top singular direction moves while
+    # training), and the evaluated layer divided its weight by a far too small norm.
+    torch.manual_seed(0)
+    sn = torch.nn.utils.parametrizations.spectral_norm
+    net = torch.nn.Sequential(sn(torch.nn.Linear(8, 32)), torch.nn.SiLU(),
+                              sn(torch.nn.Linear(32, 32)), torch.nn.SiLU(),
+                              sn(torch.nn.Linear(32, 1)))
+    ema = ExponentialMovingAverage(net, decay=0.99)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(256, 8)
+    y = (x[:, :3] ** 2).sum(1, keepdim=True)
+    for _ in range(600):
+        loss = ((net(x) - y) ** 2).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        ema.update(net)
+    with torch.no_grad():
+        for index in (0, 2, 4):
+            weight = ema.model[index].parametrizations.weight
+            norm = weight[0]
+            true = torch.linalg.matrix_norm(weight.original, 2)
+            estimate = torch.dot(norm._u, weight.original @ norm._v)
+            assert abs(estimate / true - 1) < 0.01, (index, float(estimate), float(true))
+            assert torch.allclose(ema.model[index].weight, weight.original / true, rtol=0.01)
+
+
 def test_expert_source_is_cached_and_reloaded_identically(tmp_path):
     cfg = DataConfig(source='expert', n_episodes=3, seed=5, cache_dir=str(tmp_path))
     first = load_demos(cfg, 'obstacles2d')
