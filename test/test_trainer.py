@@ -23,7 +23,8 @@ from energyflow_ros.training.data_source import (
 from energyflow_ros.training.ema import ExponentialMovingAverage
 from energyflow_ros.training.policy import ChunkPolicy
 from energyflow_ros.training.trainer import (
-    apply_overrides, load_train_config, lr_factor, train, TrainConfig, TrainError,
+    apply_overrides, deterministic_backends, load_train_config, lr_factor, train, TrainConfig,
+    TrainError,
 )
 from test.test_data_lerobot import write_lerobot
 from test.test_data_robomimic import write_robomimic
@@ -180,6 +181,17 @@ def test_ema_spectral_norm_divides_by_the_averaged_weights_norm():
             estimate = torch.dot(norm._u, weight.original @ norm._v)
             assert abs(estimate / true - 1) < 0.01, (index, float(estimate), float(true))
             assert torch.allclose(ema.model[index].weight, weight.original / true, rtol=0.01)
+
+
+def test_cuda_training_uses_deterministic_cudnn_algorithms(monkeypatch):
+    # cuDNN's benchmarked, non-deterministic convolution kernels made a seed (and a resumed
+    # run) give other weights on a GPU; the flags are process-wide, set for a CUDA trainer
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
+    deterministic_backends('cpu')
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    deterministic_backends(torch.device('cuda', 0))
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
 def test_expert_source_is_cached_and_reloaded_identically(tmp_path):

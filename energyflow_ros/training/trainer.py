@@ -5,7 +5,8 @@ loop is deterministic given the seed: parameters are initialised from ``seed``, 
 fixed permutation per epoch, and the loss's randomness comes from one generator per rank whose
 state travels in every checkpoint with the optimiser, scheduler, EMA and global RNG states. A
 run killed at any point and resumed from ``<out_dir>/checkpoint.pt`` therefore ends with
-exactly the weights of an uninterrupted run.
+exactly the weights of an uninterrupted run (on CPU, tested; on CUDA cuDNN is asked for
+deterministic algorithms, :func:`deterministic_backends`).
 
 Files in ``out_dir`` (written by rank 0 only, each atomically): ``train_config.yaml``,
 ``metrics.csv`` (step, loss, lr, wall time, evaluation results), ``checkpoint.pt`` (latest,
@@ -50,7 +51,8 @@ from energyflow_ros.training.policy import ChunkPolicy, evaluate_chunk_policy
 __all__ = [
     'TrainError', 'OptimConfig', 'EvalConfig', 'TrainConfig', 'TRAIN_META_KEYS',
     'load_train_config', 'apply_overrides', 'lr_factor', 'TrainingData', 'prepare_data',
-    'BatchOrder', 'build_training_method', 'Trainer', 'TrainResult', 'train',
+    'BatchOrder', 'build_training_method', 'deterministic_backends', 'Trainer', 'TrainResult',
+    'train',
 ]
 
 # Fields that may change between a run and its resumption (they do not affect the weights).
@@ -363,6 +365,15 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     _write_atomic(path, out.getvalue())
 
 
+def deterministic_backends(device: torch.device | str) -> None:
+    """On CUDA, make cuDNN pick deterministic convolution algorithms and not benchmark them
+    per shape: otherwise the U-Net's convolutions differ from run to run, and so do a seed's
+    weights. (Not verified on a GPU here; CUDA ops with atomics can still vary.)"""
+    if torch.device(device).type == 'cuda':
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def build_training_method(cfg: TrainConfig, data: TrainingData) -> Method:
     """The untrained method of ``cfg``, initialised from ``cfg.seed``, sized for ``data``.
 
@@ -426,6 +437,7 @@ class Trainer:
             raise ConfigError(f'OptimConfig.batch_size = {cfg.optim.batch_size} is invalid: '
                               f'expected a multiple of the {ctx.world_size} processes')
         self.cfg, self.data, self.ctx = cfg, data, ctx
+        deterministic_backends(ctx.device)
         self.method = build_training_method(cfg, data).to(ctx.device)
         broadcast_module(self.method, ctx)
         self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.optim.lr,
