@@ -21,6 +21,7 @@ from energyflow_ros.export.onnx_export import export_checkpoint, export_method, 
 from energyflow_ros.export.parity import ParityError, reference_sampler
 from energyflow_ros.export.sampler_specs import sampler_spec
 from energyflow_ros.runtime.model_format import graph_path, METADATA_KEY, ModelMetadata
+from energyflow_ros.training.checkpoint import CheckpointError
 from test.export_fixtures import (
     export_tiny, normalizers, SPEC, tiny_method, train_meta, write_checkpoint,
 )
@@ -398,6 +399,21 @@ def test_checkpoint_export_uses_ema_weights_and_overrides(tmp_path):
         assert meta.extra['ema'] is use_ema
     assert (meta.sampler.n_particles, meta.sampler.cold.n_steps, meta.sampler.warm.n_steps,
             meta.executed_steps, meta.joint_names) == (3, 2, 1, 3, ('elbow', 'shoulder'))
+    # final.pt holds the EMA weights as its state_dict and the trained ones beside them:
+    # --no-ema exported the EMA weights labelled ema = false
+    final = write_checkpoint(str(tmp_path / 'final.pt'), ema, train_meta(),
+                             {'raw_state_dict': method.state_dict(), 'weights': 'ema'})
+    for use_ema, reference in ((True, ema), (False, method)):
+        out = str(tmp_path / f'final-{use_ema}.onnx')
+        meta = export_checkpoint(final, out, use_ema=use_ema, n_particles=3, n_steps=2)
+        got = _session(graph_path(out, 'energy')).run(None, feed)[0]
+        want = candidate_energies_and_grads(reference.energy, obs, act, 0.2)[0].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert meta.extra['ema'] is use_ema
+    only_ema = write_checkpoint(str(tmp_path / 'only.pt'), ema, train_meta(), {'weights': 'ema'})
+    with pytest.raises(CheckpointError, match='holds only EMA weights'):
+        export_checkpoint(only_ema, str(tmp_path / 'only.onnx'), use_ema=False)
+    assert not os.path.exists(tmp_path / 'only.onnx')
 
 
 def test_metadata_records_layout_normalisation_and_reward(tmp_path):

@@ -138,6 +138,13 @@ def test_from_checkpoint_loads_the_ema_weights(tmp_path):
     raw = ChunkPolicy.from_checkpoint(load_checkpoint(path), use_ema=False)
     weight = next(iter(ema))
     assert torch.equal(raw.method.state_dict()[weight], method.state_dict()[weight])
+    # final.pt: the EMA weights are its state_dict, the trained ones its raw_state_dict
+    trained = {k: v - 1.0 for k, v in method.state_dict().items()}
+    save_checkpoint(path, method, Normalizer.identity(4), ACT_NORM,
+                    {'raw_state_dict': trained, 'weights': 'ema', 'train_meta': meta})
+    for use_ema, want in ((True, method.state_dict()), (False, trained)):
+        got = ChunkPolicy.from_checkpoint(load_checkpoint(path), use_ema=use_ema)
+        assert all(torch.equal(got.method.state_dict()[k], want[k]) for k in want), use_ema
 
 
 def test_evaluation_leaves_the_global_random_streams_alone():

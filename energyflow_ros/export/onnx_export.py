@@ -38,7 +38,7 @@ from energyflow_ros.runtime.model_format import (
     GRAPH_SUFFIXES, graph_path, METADATA_KEY, MODEL_FORMAT_VERSION, ModelFormatError,
     ModelMetadata, SamplerSpec,
 )
-from energyflow_ros.training.checkpoint import load_checkpoint
+from energyflow_ros.training.checkpoint import load_checkpoint, use_weights
 
 __all__ = ['ExportError', 'DEFAULT_ATOL', 'DEFAULT_RTOL', 'REWARD_REFERENCES',
            'export_checkpoint', 'export_method', 'build_graphs', 'build_metadata',
@@ -297,13 +297,6 @@ def energy_term_route(method: Method) -> bool | None:
         return None
 
 
-def _ema_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    ema = payload.get('ema_state_dict')
-    if isinstance(ema, dict) and isinstance(ema.get('weights'), dict):
-        return ema['weights']
-    return ema if isinstance(ema, dict) and ema else None
-
-
 def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int | None = None,
                       n_steps: int | None = None, warm_steps: int | None = None,
                       warm_start_t: float | None = None, executed_steps: int | None = None,
@@ -320,7 +313,8 @@ def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int |
         warm_start_t: EnergyFlow's warm-start flow time (default: the trained config's).
         executed_steps: override of the training's executed steps per chunk.
         joint_names: the joints the actions command, in action order (default: train_meta).
-        use_ema: export the EMA weights when the checkpoint has them.
+        use_ema: export the EMA weights when the checkpoint has them; False: the trained
+            weights (the metadata's ``ema`` says which were exported).
         atol: parity gate, absolute tolerance.
         rtol: parity gate, tolerance relative to torch.
 
@@ -332,13 +326,10 @@ def export_checkpoint(checkpoint_path: str, out_path: str, *, n_particles: int |
         ParityError: onnxruntime disagrees with torch; no file is written.
     """
     loaded = load_checkpoint(checkpoint_path)
-    method = loaded.method
-    ema = _ema_weights(loaded.payload) if use_ema else None
-    if ema is not None:
-        method.load_state_dict(ema)
+    ema = use_weights(loaded, use_ema)
     return export_method(
-        method, loaded.obs_normalizer, loaded.action_normalizer,
+        loaded.method, loaded.obs_normalizer, loaded.action_normalizer,
         loaded.payload.get('train_meta'), out_path, n_particles=n_particles, n_steps=n_steps,
         warm_steps=warm_steps, warm_start_t=warm_start_t, executed_steps=executed_steps,
         joint_names=joint_names, atol=atol, rtol=rtol,
-        provenance={'checkpoint': os.path.basename(checkpoint_path), 'ema': ema is not None})
+        provenance={'checkpoint': os.path.basename(checkpoint_path), 'ema': ema})

@@ -19,7 +19,7 @@ from energyflow_ros.core.methods import Method, build_method
 from energyflow_ros.data.dataset import Normalizer
 
 __all__ = ['CHECKPOINT_FORMAT', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'LoadedCheckpoint']
+           'LoadedCheckpoint', 'use_weights']
 
 CHECKPOINT_FORMAT = 1
 
@@ -97,3 +97,32 @@ def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
     method.eval()
     return LoadedCheckpoint(method, Normalizer.from_dict(payload['obs_normalizer']),
                             Normalizer.from_dict(payload['action_normalizer']), payload)
+
+
+def use_weights(loaded: LoadedCheckpoint, ema: bool) -> bool:
+    """Load the EMA (``ema``) or the trained weights into ``loaded.method``; True when EMA.
+
+    A training checkpoint holds the trained weights in ``state_dict`` and the EMA's in
+    ``ema_state_dict``; ``final.pt`` (``weights: 'ema'``) holds the EMA's in ``state_dict`` and
+    the trained ones in ``raw_state_dict``. A checkpoint without EMA weights gives its own.
+
+    Raises:
+        CheckpointError: ``ema`` is false and the checkpoint holds only EMA weights.
+    """
+    payload = loaded.payload
+    holds_ema = payload.get('weights') == 'ema'
+    if ema:
+        weights = payload.get('ema_state_dict')
+        if isinstance(weights, dict) and isinstance(weights.get('weights'), dict):
+            weights = weights['weights']            # an earlier layout
+        if isinstance(weights, dict) and weights:
+            loaded.method.load_state_dict(weights)
+            return True
+        return holds_ema
+    if holds_ema:
+        raw = payload.get('raw_state_dict')
+        if not isinstance(raw, dict) or not raw:
+            raise CheckpointError('this checkpoint holds only EMA weights (no raw_state_dict): '
+                                  'the trained weights were not kept')
+        loaded.method.load_state_dict(raw)
+    return False

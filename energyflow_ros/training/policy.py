@@ -19,6 +19,7 @@ from energyflow_ros.core.methods import Method
 from energyflow_ros.core.samplers import shift_chunk
 from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
 from energyflow_ros.data.dataset import Normalizer
+from energyflow_ros.training.checkpoint import use_weights
 
 __all__ = ['ChunkPolicy', 'evaluate_chunk_policy']
 
@@ -146,9 +147,8 @@ class ChunkPolicy:
             KeyError: the checkpoint was not written by the trainer (no ``train_meta``).
         """
         meta = loaded.payload['train_meta']
+        use_weights(loaded, use_ema)
         method = loaded.method
-        if use_ema and 'ema_state_dict' in loaded.payload:
-            method.load_state_dict(loaded.payload['ema_state_dict'])
         kwargs.setdefault('action_low', meta['action_low'])
         kwargs.setdefault('action_high', meta['action_high'])
         return cls(method, loaded.obs_normalizer, loaded.action_normalizer, meta['n_obs'],
