@@ -90,3 +90,31 @@ def test_a_two_process_checkpoint_is_not_resumed_by_one_process(ddp_run, tmp_pat
     cfg = load_train_config(None, _overrides(npz, copy))
     with pytest.raises(TrainError, match='2 process'):
         train(cfg, resume=True, log=lambda line: None)
+
+
+def test_cuda_rng_state_is_this_processs_gpu_and_restores_on_fewer_gpus(monkeypatch):
+    # A state per visible GPU (get_rng_state_all) raised IndexError when a run from an 8-GPU
+    # machine resumed on a 1-GPU one; only this process's GPU state is kept now.
+    from energyflow_ros.training.distributed import (
+        DistContext, gather_rng_state, restore_rng_state,
+    )
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'get_rng_state',
+                        lambda device: calls.append(('get', device)) or torch.tensor([7]))
+    monkeypatch.setattr(torch.cuda, 'set_rng_state',
+                        lambda state, device: calls.append(('set', int(state[0]), device)))
+    gpu1 = DistContext(device=torch.device('cuda', 1))
+    generator = torch.Generator()
+    state = gather_rng_state(gpu1, generator)
+    assert int(state['cuda'][0]) == 7 and calls == [('get', torch.device('cuda', 1))]
+    state['device'] = 'cuda'          # the generator here is a CPU one; its state still loads
+    gpu0 = DistContext(device=torch.device('cuda', 0))
+    assert restore_rng_state(state, gpu0, generator, reseed=1)
+    assert calls[-1] == ('set', 7, torch.device('cuda', 0))
+    # an earlier checkpoint's list: this device's entry, or none when it had fewer GPUs
+    restore_rng_state({**state, 'cuda': [torch.tensor([3]), torch.tensor([4])]}, gpu1,
+                      generator, reseed=1)
+    assert calls[-1] == ('set', 4, torch.device('cuda', 1))
+    calls.clear()
+    restore_rng_state({**state, 'cuda': [torch.tensor([3])]}, gpu1, generator, reseed=1)
+    assert calls == []

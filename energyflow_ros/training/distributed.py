@@ -149,9 +149,12 @@ def gather_rng_state(ctx: DistContext, generator: torch.Generator) -> dict[str, 
     """Global torch/CUDA/numpy RNG states and every rank's ``generator`` state (collective).
 
     Returns:
-        ``torch``, ``cuda`` (None off GPU), ``numpy`` and ``generators`` (one per rank).
+        ``torch``, ``cuda`` (this process's GPU; None off GPU), ``numpy`` and ``generators``
+        (one per rank).
     """
-    cuda = torch.cuda.get_rng_state_all() if ctx.device.type == 'cuda' else None
+    # this process's device only: a state per visible GPU could not be restored on a machine
+    # with fewer (torch raises IndexError), and the other GPUs are not this process's
+    cuda = torch.cuda.get_rng_state(ctx.device) if ctx.device.type == 'cuda' else None
     return {'torch': torch.get_rng_state(), 'cuda': cuda, 'numpy': np.random.get_state(),
             'generators': all_gather_objects(generator.get_state(), ctx),
             'device': ctx.device.type}
@@ -170,8 +173,12 @@ def restore_rng_state(state: dict[str, Any], ctx: DistContext,
     """
     torch.set_rng_state(state['torch'])
     np.random.set_state(state['numpy'])
-    if state.get('cuda') and ctx.device.type == 'cuda':
-        torch.cuda.set_rng_state_all(state['cuda'])
+    cuda = state.get('cuda')
+    if isinstance(cuda, (list, tuple)):     # earlier checkpoints: one state per visible GPU
+        index = ctx.device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and ctx.device.type == 'cuda':
+        torch.cuda.set_rng_state(cuda, ctx.device)
     if state.get('device', ctx.device.type) == ctx.device.type:
         try:
             generator.set_state(state['generators'][ctx.rank])
