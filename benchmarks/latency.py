@@ -53,7 +53,7 @@ from energyflow_ros.core.methods import build_method, Method  # noqa: E402
 from energyflow_ros.core.networks import count_parameters  # noqa: E402
 from energyflow_ros.data.dataset import Normalizer  # noqa: E402
 from energyflow_ros.export.graphs import DDIMGraph, energy_term  # noqa: E402
-from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
+from energyflow_ros.cli.results_files import refuse_other_settings, write_files  # noqa: E402
 from energyflow_ros.export.onnx_export import (  # noqa: E402
     DEFAULT_ATOL, DEFAULT_RTOL, export_method,
 )
@@ -557,11 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print and write the results."""
     args = _parse(argv)
     compared = {k: v for k, v in vars(args).items() if k not in ('out', 'force')}
-    conflict = None if args.force else settings_conflict(
-        os.path.join(args.out, _stem(args, args.device) + '.json'), compared)
-    if conflict:                        # said before minutes of timing, not after
-        print(f'latency: error: {conflict}', file=sys.stderr)
-        return 2
+    if refuse_other_settings('latency', os.path.join(args.out, _stem(args, args.device)
+                                                     + '.json'), compared, args.force):
+        return 2                        # said before minutes of timing, not after
     torch.set_num_threads(args.threads)
     info = machine_info(args)
     print(json.dumps(info, indent=1))

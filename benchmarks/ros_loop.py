@@ -49,7 +49,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 import yaml  # noqa: E402
 
-from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
+from energyflow_ros.cli.results_files import refuse_other_settings, write_files  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(ROOT, 'models', 'obstacles2d_energyflow.onnx')
 COMMANDS = '/forward_position_controller/commands'
@@ -251,11 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     compared = {k: v for k, v in vars(args).items() if k not in ('out', 'force', 'note')}
     stem = f'ros_loop-{args.device}'
-    conflict = None if args.force else settings_conflict(
-        os.path.join(args.out, stem + '.json'), compared)
-    if conflict:                        # said before the rates run, not after
-        print(f'ros_loop: error: {conflict}', file=sys.stderr)
-        return 2
+    if refuse_other_settings('ros_loop', os.path.join(args.out, stem + '.json'), compared,
+                             args.force):
+        return 2                        # said before the rates run, not after
     rates = [float(r) for r in args.rates.split(',')]
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault('ROS_LOG_DIR', os.path.join(tempfile.gettempdir(), 'ros_loop_logs'))

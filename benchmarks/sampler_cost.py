@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from energyflow_ros.cli.results_files import settings_conflict, write_files  # noqa: E402
+from energyflow_ros.cli.results_files import refuse_other_settings, write_files  # noqa: E402
 from energyflow_ros.export.onnx_export import export_checkpoint  # noqa: E402
 from energyflow_ros.runtime import load_model, ProviderConfig  # noqa: E402
 from energyflow_ros.runtime.providers import (  # noqa: E402
@@ -486,15 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     # a checkpoint no setting uses is not a difference (older files record None for it)
     compared['diffusion'] = args.diffusion if _ints(args.ddim_steps) else None
     compared['rnce'] = args.rnce if _rnce_settings(args.rnce_settings) else None
-    conflict = None if args.force else settings_conflict(
-        os.path.join(args.out, f'sampler_cost-{task_name}{tag}-cpu.json'), compared)
-    if conflict:                        # said before the episodes run, not after
-        print(f'sampler_cost: error: {conflict}', file=sys.stderr)
-        return 2
+    if refuse_other_settings('sampler_cost', os.path.join(
+            args.out, f'sampler_cost-{task_name}{tag}-cpu.json'), compared, args.force):
+        return 2                        # said before the episodes run, not after
     settings = build_settings(args)
     info = {'task': task_name, 'device': 'cpu', 'energy': args.energy,
-            'diffusion': args.diffusion if _ints(args.ddim_steps) else None,
-            'rnce': args.rnce if _rnce_settings(args.rnce_settings) else None,
+            'diffusion': compared['diffusion'], 'rnce': compared['rnce'],
             'episodes': args.episodes, 'episode_seed': args.episode_seed,
             'threads': args.threads,
             'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',

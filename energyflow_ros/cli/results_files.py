@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Hashable
 
-__all__ = ['load_results', 'merge_records', 'settings_conflict', 'write_files']
+__all__ = ['load_results', 'merge_records', 'refuse_other_settings', 'settings_conflict',
+           'write_files']
 
 
 def load_results(path: str) -> dict[str, Any] | None:
@@ -69,3 +71,12 @@ def settings_conflict(path: str, settings: dict[str, Any]) -> str | None:
             + ', '.join(f'{k}: {recorded[k]!r} there, {settings[k]!r} now' for k in differ)
             + '); write them elsewhere (--out, or --tag where there is one) or pass --force '
             'to replace them')
+
+
+def refuse_other_settings(prog: str, path: str, settings: dict[str, Any], force: bool) -> bool:
+    """Whether a one-run benchmark must stop before measuring: ``path`` holds results of other
+    settings (:func:`settings_conflict`, said on stderr) and ``force`` was not given."""
+    conflict = None if force else settings_conflict(path, settings)
+    if conflict:
+        print(f'{prog}: error: {conflict}', file=sys.stderr)
+    return conflict is not None

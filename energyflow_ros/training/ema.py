@@ -36,6 +36,8 @@ class ExponentialMovingAverage:
         self.model = copy.deepcopy(module).eval()
         self.model.requires_grad_(False)
         self.updates = 0
+        self._norms = self._spectral_norms()    # the module structure never changes
+        self._own = {id(v) for norm, _ in self._norms for v in (norm._u, norm._v)}
 
     def current_decay(self) -> float:
         """The decay the next update applies (warmed up over the first updates)."""
@@ -55,12 +57,11 @@ class ExponentialMovingAverage:
         params = dict(module.named_parameters())
         for name, shadow in self.model.named_parameters():
             shadow.mul_(d).add_(params[name].detach(), alpha=1.0 - d)
-        own = {id(vector) for norm, _ in self._spectral_norms() for vector in (norm._u, norm._v)}
         buffers = dict(module.named_buffers())
         for name, shadow in self.model.named_buffers():
-            if id(shadow) not in own:
+            if id(shadow) not in self._own:
                 shadow.copy_(buffers[name])
-        for norm, weight in self._spectral_norms():
+        for norm, weight in self._norms:
             norm._power_method(norm._reshape_weight_to_matrix(weight), norm.n_power_iterations)
         self.updates += 1
 
