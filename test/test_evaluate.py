@@ -10,6 +10,7 @@ from energyflow_ros.cli.evaluate import (
     write_results,
 )
 from energyflow_ros.core.methods import METHODS
+from energyflow_ros.sim.registry import task_info
 from energyflow_ros.training.trainer import load_train_config
 
 
@@ -39,6 +40,7 @@ def test_smoke_run_writes_one_record_per_method(smoke):
     settings = records[0]['settings']
     assert settings['mode'] == 'smoke' and settings['episodes'] == 2
     assert settings['observation'] == ['robot_x', 'robot_y', 'goal_x', 'goal_y']
+    assert settings['task_revision'] == task_info('obstacles2d').revision
     table = (root / 'results' / 'quality.md').read_text()
     assert 'Observed per frame: robot_x, robot_y, goal_x, goal_y.' in table
     assert '## obstacles2d' in table and 'Targets: EnergyFlow and R-NCE success' in table
@@ -161,7 +163,7 @@ def test_seeds_run_by_separate_commands_pool_as_if_run_together(tmp_path):
 
 
 @pytest.mark.parametrize('change', ['overlapping seeds', 'other steps', 'other params',
-                                    'other config'])
+                                    'other config', 'other task revision'])
 def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, change):
     settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1'], 'config_sha256': 'aa'}
     write_results([aggregate('blockpush', 'mse', [0], _runs((1.0, 1.0, 1.0)), 'p1')],
@@ -174,6 +176,8 @@ def test_records_are_not_pooled_across_seeds_or_settings_that_differ(tmp_path, c
         settings = {**settings, 'steps': 90}
     if change == 'other config':  # the same overrides on another --config-dir's YAML
         settings = {**settings, 'config_sha256': 'bb'}
+    if change == 'other task revision':   # the task's layout changed what the seeds produce
+        settings = {**settings, 'task_revision': 2}
     write_results([aggregate('blockpush', 'mse', seeds, runs, 'p1')], {'blockpush': settings},
                   str(tmp_path))
     records = json.loads((tmp_path / 'quality.json').read_text())['records']
@@ -313,6 +317,20 @@ def test_a_record_pools_only_with_one_of_its_own_settings(tmp_path):
         {'pusht': long}, str(tmp_path))
     assert written['seeds'] == [1] and written['success_mean'] == 0.9
     assert written['settings']['steps'] == 120 and written['settings']['seeds'] == [1]
+
+
+def test_records_written_before_task_revisions_were_kept_are_revision_1(tmp_path):
+    settings = {'mode': 'full', 'steps': 80, 'overrides': ['a=1']}
+    write_results([aggregate('blockpush', 'mse', [0], _runs((1.0, 1.0, 1.0)), 'p1')],
+                  {'blockpush': settings}, str(tmp_path))
+    (pooled,) = write_results([aggregate('blockpush', 'mse', [1], _runs((0.0, 0.0, 1.0)), 'p1')],
+                              {'blockpush': {**settings, 'task_revision': 1}}, str(tmp_path))
+    assert pooled['seeds'] == [0, 1] and pooled['success_mean'] == 0.5
+    write_results([aggregate('blockpush', 'mse', [0], _runs((0.2, 0.2, 1.0)), 'p1')],
+                  {'blockpush': {**settings, 'task_revision': 2}}, str(tmp_path))
+    table = (tmp_path / 'quality.md').read_text()
+    assert table.count('task revision 1,') == 1 and table.count('task revision 2,') == 1
+    assert '| mse | a | 2 | 0.500' in table and '| mse | b | 1 | 0.200' in table
 
 
 def test_records_written_before_rows_kept_settings_take_their_tasks(tmp_path):

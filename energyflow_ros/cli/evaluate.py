@@ -349,9 +349,11 @@ def pool(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 # The settings that make one experiment: records of different seeds that agree on them are
 # pooled, and rows that agree share a label in the table (machine and torch may differ: seeds
 # split across machines). config_sha256 covers the YAML (another --config-dir); a record
-# written before it was kept is an experiment of its own.
+# written before it was kept is an experiment of its own. task_revision is the task's
+# (sim.TaskInfo.revision): records written before it was kept ran revision 1, the only one any
+# task had then.
 POOL_SETTINGS = ('mode', 'reference', 'overrides', 'episodes', 'device', 'steps',
-                 'observation', 'config_sha256')
+                 'observation', 'config_sha256', 'task_revision')
 # Config fields that differ between the runs of one record, or do not change its results.
 _UNHASHED = ('seed', 'out_dir', 'progress', 'checkpoint_every', 'log_every', 'method',
              'backbone')
@@ -363,11 +365,15 @@ def config_digest(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _pool_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`POOL_SETTINGS` of a record's ``settings``."""
+    return {k: settings.get(k, 1 if k == 'task_revision' else None) for k in POOL_SETTINGS}
+
+
 def experiment(record: dict[str, Any]) -> str:
     """The key of ``record``'s experiment: its task, method and :data:`POOL_SETTINGS`."""
-    settings = record.get('settings', {})
     return json.dumps([record['task'], record['method'],
-                       {k: settings.get(k) for k in POOL_SETTINGS}], default=str)
+                       _pool_settings(record.get('settings', {}))], default=str)
 
 
 def _poolable(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -388,7 +394,8 @@ def _metric_cell(record: dict[str, Any], name: str) -> str:
 def _describe(s: dict[str, Any], digest: bool = False) -> str:
     return (f'{s.get("mode", "?")} run on {s.get("machine", "?")}, torch {s.get("torch", "?")}, '
             f'device {s.get("device", "?")}; {s.get("steps", "?")} training steps, '
-            f'{s.get("episodes", "?")} evaluation episodes per seed, reference '
+            f'{s.get("episodes", "?")} evaluation episodes per seed, task revision '
+            f'{s.get("task_revision", 1)}, reference '
             f'`{s.get("reference", "?")}`, overrides {s.get("overrides", [])}.'
             + (f' Observed per frame: {", ".join(s["observation"])}.' if 'observation' in s
                else '')
@@ -401,8 +408,7 @@ def _setting_groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """``rows`` grouped by experiment settings (:data:`POOL_SETTINGS`), in table order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        settings = r.get('settings', {})
-        key = json.dumps({k: settings.get(k) for k in POOL_SETTINGS}, default=str)
+        key = json.dumps(_pool_settings(r.get('settings', {})), default=str)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
@@ -571,7 +577,7 @@ def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) 
               f"infer {record['infer_ms']:.2f} ms", flush=True)
         settings = {**common, 'episodes': cfg.eval.episodes, 'device': cfg.device,
                     'steps': cfg.optim.steps, 'observation': list(info.obs_names),
-                    'config_sha256': config_digest(cfg)}
+                    'config_sha256': config_digest(cfg), 'task_revision': info.revision}
         written = write_results([record], {task: settings}, args.out)[0]
         if written['seeds'] != seeds:
             print(f"  {'':<12} {'':<11} pooled with the recorded seeds: seeds "
