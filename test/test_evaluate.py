@@ -1,17 +1,20 @@
 """energyflow-eval: the method x task x seed grid, parameter matching and the result files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from energyflow_ros.cli.evaluate import (
-    _markdown, _parse, aggregate, config_digest, config_path, main, matched_backbone,
-    method_parameters, pool, RECORD_KEYS, SMOKE_PARAMS, target_status, task_chunk_spec,
-    write_results,
+    _markdown, _parse, aggregate, config_digest, config_path, load_results, main,
+    matched_backbone, method_parameters, pool, RECORD_KEYS, recorded, SMOKE_PARAMS,
+    target_status, task_chunk_spec, write_results,
 )
 from energyflow_ros.core.methods import METHODS
 from energyflow_ros.sim.registry import task_info
 from energyflow_ros.training.trainer import load_train_config
+
+RESULTS = Path(__file__).resolve().parents[1] / 'benchmarks' / 'results'
 
 
 @pytest.fixture(scope='module')
@@ -431,3 +434,12 @@ def test_merge_refuses_what_it_cannot_fold_in(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _parse(['--merge', 'a.json', 'optim.steps=5'])
     assert '--merge trains nothing' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('path', sorted(RESULTS.glob('quality*.json')), ids=lambda p: p.name)
+def test_each_committed_table_is_the_rendering_of_its_records(path):
+    # The tables are read, the records are what was measured: a hand edit of a table, or a
+    # renderer changed without writing the tables again, shows here. A note added by hand
+    # below the table is allowed.
+    table = path.with_suffix('.md').read_text().split('\n## Note (added by hand)\n')[0]
+    assert table == _markdown(recorded(load_results(str(path)), str(path)))
