@@ -324,3 +324,13 @@ def test_a_results_file_of_an_unknown_layout_is_refused_not_emptied(tmp_path):
 def test_smoke_results_never_default_to_the_committed_files():
     assert reward_eval._parse(['--smoke']).out == 'outputs/reward_smoke'
     assert reward_eval._parse([]).out == 'benchmarks/results'
+
+
+def test_the_committed_reward_table_is_the_rendering_of_its_records():
+    # reward.md is read, reward.json is what was measured: a hand edit of the table, or a
+    # renderer changed without writing the table again, shows here.
+    results = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'results')
+    with open(os.path.join(results, 'reward.json'), encoding='utf-8') as f:
+        data = json.load(f)
+    with open(os.path.join(results, 'reward.md'), encoding='utf-8') as f:
+        assert f.read() == reward_eval._markdown(data)
