@@ -37,7 +37,9 @@ class ExponentialMovingAverage:
         self.model.requires_grad_(False)
         self.updates = 0
         self._norms = self._spectral_norms()    # the module structure never changes
-        self._own = {id(v) for norm, _ in self._norms for v in (norm._u, norm._v)}
+        vectors = {id(v) for norm, _ in self._norms for v in (norm._u, norm._v)}
+        # by name, not identity: moving the shadow (.to) replaces its buffer tensors
+        self._own = {name for name, b in self.model.named_buffers() if id(b) in vectors}
 
     def current_decay(self) -> float:
         """The decay the next update applies (warmed up over the first updates)."""
@@ -59,7 +61,7 @@ class ExponentialMovingAverage:
             shadow.mul_(d).add_(params[name].detach(), alpha=1.0 - d)
         buffers = dict(module.named_buffers())
         for name, shadow in self.model.named_buffers():
-            if id(shadow) not in self._own:
+            if name not in self._own:
                 shadow.copy_(buffers[name])
         for norm, weight in self._norms:
             norm._power_method(norm._reshape_weight_to_matrix(weight), norm.n_power_iterations)
