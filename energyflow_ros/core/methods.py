@@ -8,6 +8,7 @@ inference procedure of its paper. Methods are looked up by name in :data:`METHOD
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -318,6 +319,26 @@ class EnergyFlowMethod(Method):
         super().__init__(spec, backbone, cfg)
         self.net = backbone.energy(spec, sigma_conditioned=True)
         self.schedule = VESchedule(cfg.schedule)
+        # The actuators' limits in normalised units, for ``flow.clamp``. Not saved with the
+        # weights: the trainer and the checkpoint loader set them from the data's action
+        # limits (see :meth:`set_action_limits`); unset they are infinite.
+        self.register_buffer('limit_low', torch.full(self.chunk_shape, -math.inf),
+                             persistent=False)
+        self.register_buffer('limit_high', torch.full(self.chunk_shape, math.inf),
+                             persistent=False)
+
+    def set_action_limits(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """The actuators' limits, (A,) or (H, A), in normalised action units."""
+        low, high = torch.as_tensor(low), torch.as_tensor(high)
+        if not bool((low <= high).all()):
+            raise ValueError(f'action limits: low {low.tolist()} exceeds high {high.tolist()}')
+        self.limit_low.copy_(low.expand(self.chunk_shape))
+        self.limit_high.copy_(high.expand(self.chunk_shape))
+
+    @property
+    def particle_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(low, high) the sampler clamps its particles into; None without ``flow.clamp``."""
+        return (self.limit_low, self.limit_high) if self.cfg.flow.clamp else None
 
     @property
     def sigma_min(self) -> float:  # noqa: D102
@@ -354,7 +375,8 @@ class EnergyFlowMethod(Method):
                       'loss_obs': loss_o.item()}
 
     def sampler(self):  # noqa: D102
-        return S.ProbabilityFlowSampler(self.net, self.schedule, self.cfg.flow, self.chunk_shape)
+        return S.ProbabilityFlowSampler(self.net, self.schedule, self.cfg.flow, self.chunk_shape,
+                                        self.particle_box)
 
 
 class DiffusionMethod(Method):

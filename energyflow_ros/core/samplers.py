@@ -25,7 +25,7 @@ __all__ = [
     'SampleResult', 'shift_chunk', 'select_lowest', 'langevin_refine', 'AnnealedLangevinSampler',
     'ProposalLangevinSampler', 'ProbabilityFlowSampler', 'DerivativeFreeSampler',
     'DDIMSampler', 'RegressionSampler', 'ddim_steps', 'ddim_update', 'WARM_JITTER_STD',
-    'annealed_warm_steps',
+    'annealed_warm_steps', 'clamp_to_box',
 ]
 
 # warm start of sigma-free energies: std of the jitter added to the shifted previous chunk
@@ -174,6 +174,16 @@ class ProposalLangevinSampler:
         return select_lowest(e, a)
 
 
+def clamp_to_box(particles: torch.Tensor,
+                 box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``particles`` (..., H, A) clamped elementwise into ``box`` = (low, high) (no box: as
+    they are)."""
+    if box is None:
+        return particles
+    low, high = box
+    return torch.minimum(torch.maximum(particles, low.to(particles)), high.to(particles))
+
+
 class ProbabilityFlowSampler:
     """EnergyFlow's probability-flow ODE with Euler steps, over N particles, then ranking.
 
@@ -181,12 +191,15 @@ class ProbabilityFlowSampler:
     ``a <- a - 0.5 * d(sigma**2)/dt * grad_a E(o, a, sigma(t)) * dt``. A warm start re-noises
     ``init`` to sigma(warm_start_t) and integrates from there with ``cfg.warm_step_count()``
     steps, as the exported warm sampler does.
-    Particles are ranked at ``cfg.rank_sigma`` (see :class:`ProbabilityFlowConfig`).
+    Particles are ranked at ``cfg.rank_sigma`` (see :class:`ProbabilityFlowConfig`). With
+    ``box`` = (low, high), each (H, A), every step ends by clamping the particles into it.
     """
 
     def __init__(self, energy: EnergyFn, schedule: VESchedule, cfg: ProbabilityFlowConfig,
-                 chunk_shape: tuple[int, int]) -> None:
+                 chunk_shape: tuple[int, int],
+                 box: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.energy, self.schedule, self.cfg, self.chunk_shape = energy, schedule, cfg, chunk_shape
+        self.box = box
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
                init: torch.Tensor | None = None, n_steps: int | None = None) -> SampleResult:
@@ -203,7 +216,9 @@ class ProbabilityFlowSampler:
         for t, t_next in zip(ts[:-1], ts[1:]):
             sigma = float(sched.sigma(torch.tensor(t)))
             _, g = candidate_energies_and_grads(self.energy, obs, a, sigma)
-            a = a - 0.5 * float(sched.dsigma2_dt(torch.tensor(sigma))) * (t - t_next) * g
+            a = clamp_to_box(
+                a - 0.5 * float(sched.dsigma2_dt(torch.tensor(sigma))) * (t - t_next) * g,
+                self.box)
         with torch.no_grad():
             e = candidate_energies(self.energy, obs, a, cfg.rank_sigma)
         return select_lowest(e, a)
@@ -232,7 +247,7 @@ class DerivativeFreeSampler:
                 idx = torch.multinomial(torch.softmax(-e, dim=1), cfg.n_samples,
                                         replacement=True, generator=generator)
                 a = a[torch.arange(a.shape[0]).unsqueeze(1), idx]
-                a = torch.minimum(torch.maximum(a + scale * _noise(a, generator), low), high)
+                a = clamp_to_box(a + scale * _noise(a, generator), (low, high))
                 scale *= cfg.shrink
             e = candidate_energies(self.energy, obs, a)
         return select_lowest(e, a)

@@ -1,7 +1,8 @@
 """Building the fused sampler graphs out of the exported energy and gradient graphs.
 
 The fused sampler is K copies of the ``gradient`` graph chained by the update
-``a <- a - step_sizes[k] * grads + noise[k]``, followed by one copy of the ``energy`` graph at
+``a <- a - step_sizes[k] * grads + noise[k]`` (clamped into the action limits, stored in the
+graph, when the model's sampler clamps), followed by one copy of the ``energy`` graph at
 ``rank_sigma`` and an in-graph argmin. It is assembled at the ONNX level — every copy inlined,
 weights shared by name, no ``Loop`` node — so the exporter traces one step only: exporting is
 fast for any K, and no particle-count-sized constant can be folded into the file.
@@ -145,8 +146,13 @@ def _select_lowest(b: _Builder, particles: str, energies: str, chunk: tuple[int,
     b.node('Squeeze', [best, axis1], 'action')
 
 
-def _unroll(b: _Builder, gradient: onnx.GraphProto, n_steps: int) -> str:
-    """K copies of the gradient graph: a <- a - step_sizes[k] * grads + noise[k]."""
+def _unroll(b: _Builder, gradient: onnx.GraphProto, n_steps: int,
+            box: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+    """K copies of the gradient graph: a <- a - step_sizes[k] * grads + noise[k], then
+    clamped into ``box`` = (low, high), each (H, A), when given."""
+    if box is not None:
+        low, high = (b.add_initializer(numpy_helper.from_array(np.asarray(v, np.float32)), n)
+                     for v, n in zip(box, ('particle_low', 'particle_high')))
     a = 'init'
     for k in range(n_steps):
         start, end = b.const([k], f'k{k}'), b.const([k + 1], f'k{k + 1}')
@@ -157,13 +163,18 @@ def _unroll(b: _Builder, gradient: onnx.GraphProto, n_steps: int) -> str:
                            {'obs': 'obs', 'actions': a, 'sigma': sigma})
         scaled = b.node('Mul', [step, out['grads']], f'step{k}/scaled_grad')
         moved = b.node('Sub', [a, scaled], f'step{k}/moved')
-        a = b.node('Add', [moved, noise], 'particles' if k == n_steps - 1 else f'step{k}/next')
+        name = 'particles' if k == n_steps - 1 else f'step{k}/next'
+        if box is None:
+            a = b.node('Add', [moved, noise], name)
+        else:
+            a = b.node('Add', [moved, noise], f'step{k}/unclamped')
+            a = b.node('Min', [b.node('Max', [a, low], f'step{k}/above_low'), high], name)
     return a
 
 
 def fused_sampler_model(gradient: onnx.ModelProto, energy: onnx.ModelProto, n_steps: int,
                         obs_dim: int, chunk: tuple[int, int], graph_name: str,
-                        ) -> onnx.ModelProto:
+                        box: tuple[np.ndarray, np.ndarray] | None = None) -> onnx.ModelProto:
     """The ``sampler`` / ``warm_sampler`` model: K unrolled gradient steps, then ranking.
 
     Args:
@@ -173,6 +184,7 @@ def fused_sampler_model(gradient: onnx.ModelProto, energy: onnx.ModelProto, n_st
         obs_dim: O.
         chunk: (H, A).
         graph_name: name given to the graph.
+        box: (low, high), each (H, A): clamp the particles into it after every step.
 
     Returns:
         A model with the inputs and outputs documented in :mod:`..runtime.model_format`.
@@ -180,7 +192,7 @@ def fused_sampler_model(gradient: onnx.ModelProto, energy: onnx.ModelProto, n_st
     if n_steps < 1:
         raise ComposeError(f'a fused sampler needs at least one step, got {n_steps}')
     b = _Builder()
-    a = _unroll(b, gradient.graph, n_steps)
+    a = _unroll(b, gradient.graph, n_steps, box)
     out = inline_graph(b, energy.graph, 'rank/',
                        {'obs': 'obs', 'actions': a, 'sigma': 'rank_sigma'})
     b.node('Identity', [out['energies']], 'energies')

@@ -32,13 +32,13 @@ from energyflow_ros.export.graphs import (
     RegressionGraph,
 )
 from energyflow_ros.export.parity import check_parity
-from energyflow_ros.export.sampler_specs import reward_sigma, sampler_spec
+from energyflow_ros.export.sampler_specs import particle_box, reward_sigma, sampler_spec
 from energyflow_ros.export.tracing import to_onnx
 from energyflow_ros.runtime.model_format import (
     GRAPH_SUFFIXES, graph_path, METADATA_KEY, MODEL_FORMAT_VERSION, ModelFormatError,
     ModelMetadata, SamplerSpec,
 )
-from energyflow_ros.training.checkpoint import load_checkpoint, use_weights
+from energyflow_ros.training.checkpoint import load_checkpoint, set_action_limits, use_weights
 
 __all__ = ['ExportError', 'DEFAULT_ATOL', 'DEFAULT_RTOL', 'REWARD_REFERENCES',
            'export_checkpoint', 'export_method', 'build_graphs', 'build_metadata',
@@ -74,6 +74,12 @@ def _example(method: Method) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             torch.randn((b, m, h, a), generator=gen), torch.tensor([0.5]))
 
 
+def _graph_box(method: Method, spec: SamplerSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (low, high) particle box of the fused graphs: the method's, when it clamps."""
+    box = particle_box(method, spec)
+    return None if box is None else (box[0].numpy(), box[1].numpy())
+
+
 def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto]:
     """Every graph of ``method``'s family (graph name -> model), exported on CPU."""
     method = method.cpu().eval()
@@ -101,10 +107,11 @@ def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto
             {'obs': {0: 'B'}, 'uniforms': {0: 'B', 1: 'N'}, 'normals': {0: 'B', 1: 'N'}}))
     else:
         models['sampler'] = fused_sampler_model(gradient, energy, spec.cold.n_steps, obs_dim,
-                                                chunk, 'sampler')
+                                                chunk, 'sampler', _graph_box(method, spec))
     if spec.warm is not None:
         models['warm_sampler'] = fused_sampler_model(gradient, energy, spec.warm.n_steps,
-                                                     obs_dim, chunk, 'warm_sampler')
+                                                     obs_dim, chunk, 'warm_sampler',
+                                                     _graph_box(method, spec))
     if isinstance(method, RNCEMethod):
         models['proposal'] = strip_node_metadata(to_onnx(
             ProposalGraph(method.proposal), (obs,), ['obs'], ['logits', 'means', 'stds'],
@@ -264,6 +271,8 @@ def export_method(method: Method, obs_normalizer: Normalizer, action_normalizer:
     """
     if not out_path.endswith('.onnx'):
         raise ExportError(f'{out_path}: the output path must end in .onnx')
+    if isinstance(train_meta, dict):    # the graphs clamp to the limits the metadata records
+        set_action_limits(method, train_meta, action_normalizer)
     try:
         spec = sampler_spec(method, n_particles, n_steps, warm_steps, warm_start_t)
     except ValueError as exc:

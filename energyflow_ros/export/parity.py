@@ -20,8 +20,11 @@ import torch
 
 from energyflow_ros.core.energy import candidate_energies, candidate_energies_and_grads
 from energyflow_ros.core.methods import Method, RNCEMethod
-from energyflow_ros.core.samplers import DDIMSampler, SampleResult, select_lowest
+from energyflow_ros.core.samplers import (
+    clamp_to_box, DDIMSampler, SampleResult, select_lowest,
+)
 from energyflow_ros.export.graphs import is_sigma_conditioned
+from energyflow_ros.export.sampler_specs import particle_box
 from energyflow_ros.runtime.model_format import SamplerSpec, StepSchedule
 
 __all__ = ['ParityError', 'GraphParity', 'reference_sampler', 'check_parity']
@@ -56,11 +59,13 @@ class GraphParity:
 
 def reference_sampler(method: Method, obs: torch.Tensor, init: torch.Tensor,
                       sigmas: Sequence[float], step_sizes: Sequence[float],
-                      noise: torch.Tensor, rank_sigma: float) -> SampleResult:
+                      noise: torch.Tensor, rank_sigma: float,
+                      box: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampleResult:
     """What the fused graph computes, in torch with autograd.
 
-    ``a <- a - step_sizes[k] * grad_a E(o, a, sigmas[k]) + noise[k]`` for k < K, then the
-    lowest energy at ``rank_sigma`` (sigma-free energies get no sigma).
+    ``a <- a - step_sizes[k] * grad_a E(o, a, sigmas[k]) + noise[k]`` for k < K (clamped into
+    ``box`` when given), then the lowest energy at ``rank_sigma`` (sigma-free energies get no
+    sigma).
 
     Args:
         method: an energy-based method.
@@ -70,13 +75,14 @@ def reference_sampler(method: Method, obs: torch.Tensor, init: torch.Tensor,
         step_sizes: K step sizes.
         noise: (K, B, N, H, A) additive terms, already scaled.
         rank_sigma: noise scale of the ranking.
+        box: (low, high), each (H, A), the particles are clamped into after every step.
     """
     conditioned = is_sigma_conditioned(method)
     a = init.detach()
     for k, (sigma, step) in enumerate(zip(sigmas, step_sizes)):
         _, g = candidate_energies_and_grads(method.energy, obs, a,
                                             float(sigma) if conditioned else None)
-        a = a - float(step) * g + noise[k]
+        a = clamp_to_box(a - float(step) * g + noise[k], box)
     with torch.no_grad():
         e = candidate_energies(method.energy, obs, a, float(rank_sigma) if conditioned else None)
     return select_lowest(e, a)
@@ -149,7 +155,8 @@ def _same_choice(got_energies: np.ndarray, ref_energies: torch.Tensor, atol: flo
 
 def _sampler_parity(method: Method, model: onnx.ModelProto, graph: str,
                     schedule: StepSchedule, rank_sigma: float, gen: torch.Generator,
-                    atol: float, rtol: float) -> GraphParity:
+                    atol: float, rtol: float,
+                    box: tuple[torch.Tensor, torch.Tensor] | None = None) -> GraphParity:
     h, a = method.chunk_shape
     k = schedule.n_steps
     obs = torch.randn((_B, method.spec.obs_dim), generator=gen)
@@ -157,7 +164,7 @@ def _sampler_parity(method: Method, model: onnx.ModelProto, graph: str,
     scales = torch.tensor(schedule.noise_scales).view(k, 1, 1, 1, 1)
     noise = scales * torch.randn((k, _B, _N, h, a), generator=gen)
     ref = reference_sampler(method, obs, init, schedule.sigmas, schedule.step_sizes, noise,
-                            rank_sigma)
+                            rank_sigma, box)
     feed = {'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
             'sigmas': np.asarray(schedule.sigmas, dtype=np.float32),
             'step_sizes': np.asarray(schedule.step_sizes, dtype=np.float32),
@@ -271,7 +278,8 @@ def check_parity(method: Method, models: dict[str, onnx.ModelProto], spec: Sampl
         for graph, schedule in (('sampler', spec.cold), ('warm_sampler', spec.warm)):
             if graph in models:
                 results.append(_sampler_parity(method, models[graph], graph, schedule,
-                                               spec.rank_sigma, gen, atol, rtol))
+                                               spec.rank_sigma, gen, atol, rtol,
+                                               particle_box(method, spec)))
         if 'proposal' in models:
             results.append(_proposal_parity(method, models['proposal'], gen, rtol))
     report = {r.graph: r for r in results}

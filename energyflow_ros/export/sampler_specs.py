@@ -6,7 +6,8 @@ torch side of the same unrolling):
 
 * EnergyFlow: the probability-flow ODE with Euler steps exactly as ``ProbabilityFlowSampler``
   (cold from t = 1 with N(0, sigma_max**2) particles; warm from ``warm_start_t``, re-noised to
-  sigma(warm_start_t)); no noise.
+  sigma(warm_start_t)); no noise; with ``flow.clamp`` the particles are clamped into the
+  action limits after every step (``clamp`` in the spec, the limits inside the graphs).
 * Interpolating R-NCE: annealed Langevin exactly as ``AnnealedLangevinSampler``; the warm
   schedule is the tail (lowest scales) of the cold one.
 * R-NCE: Langevin at a fixed step on the sigma-free energy, cold start drawn from the exported
@@ -33,7 +34,7 @@ from energyflow_ros.core.methods import (
 from energyflow_ros.core.samplers import annealed_warm_steps, WARM_JITTER_STD
 from energyflow_ros.runtime.model_format import SamplerSpec, StepSchedule
 
-__all__ = ['sampler_spec', 'reward_sigma', 'probability_flow_schedule', 'WARM_JITTER_STD',
+__all__ = ['sampler_spec', 'reward_sigma', 'particle_box', 'probability_flow_schedule', 'WARM_JITTER_STD',
            'IBC_LANGEVIN_PARTICLES', 'IBC_LANGEVIN_STEPS']
 
 IBC_LANGEVIN_PARTICLES = 64
@@ -70,9 +71,13 @@ def _energyflow(method: EnergyFlowMethod, n: int | None, k: int | None, warm: in
     if warm is None:
         warm = cfg.warm_step_count(t0, k)
     rank = float(getattr(cfg, 'rank_sigma', method.schedule.sigma_min))
+    box = method.particle_box
+    if box is not None and not all(bool(torch.isfinite(b).all()) for b in box):
+        raise ValueError('flow.clamp: the model has no action limits to clamp its particles '
+                         'to (a checkpoint without the trainer\'s train_meta?)')
     return SamplerSpec('gradient', n or cfg.n_particles, 'gaussian', rank,
                        probability_flow_schedule(method, 1.0, k),
-                       probability_flow_schedule(method, t0, warm))
+                       probability_flow_schedule(method, t0, warm), clamp=box is not None)
 
 
 def _tail(cold: StepSchedule, n_steps: int, init_std: float | None = None) -> StepSchedule:
@@ -196,3 +201,10 @@ def reward_sigma(method: Method) -> float:
     """Noise scale of the centred reward: sigma_min (0 for sigma-free energies)."""
     sigma = method.sigma_min
     return 0.0 if sigma is None or not math.isfinite(sigma) else float(sigma)
+
+
+def particle_box(method: Method, spec: SamplerSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(low, high), each (H, A), that ``spec``'s fused graphs clamp particles into (or None)."""
+    if not spec.clamp:
+        return None
+    return method.limit_low.detach().cpu(), method.limit_high.detach().cpu()

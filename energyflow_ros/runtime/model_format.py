@@ -178,6 +178,9 @@ class SamplerSpec:
         warm: schedule of the ``warm_sampler`` graph (None when not exported).
         ddim_steps: DDIM steps unrolled into a ``ddim`` sampler graph (None otherwise; models
             exported before it was recorded lack it).
+        clamp: whether the fused graphs clamp the particles into the action limits
+            (``action_low`` / ``action_high``, normalised) after every step; the clamp is part
+            of the graphs, so this only records it (models exported before it: false).
     """
 
     kind: str
@@ -187,6 +190,7 @@ class SamplerSpec:
     cold: StepSchedule | None = None
     warm: StepSchedule | None = None
     ddim_steps: int | None = None
+    clamp: bool = False
 
     @property
     def n_steps(self) -> int | None:
@@ -228,8 +232,13 @@ class SamplerSpec:
         ddim_steps = data.get('ddim_steps')
         if ddim_steps is not None:
             _int(ddim_steps, 'sampler.ddim_steps')
+        clamp = data.get('clamp', False)
+        _require(isinstance(clamp, bool), f'metadata sampler.clamp = {clamp!r}: expected true '
+                                          'or false')
+        _require(not clamp or kind == 'gradient', 'metadata sampler.clamp: only a gradient '
+                                                  f'sampler clamps its particles, not {kind!r}')
         return cls(kind, n, init, _scale(data.get('rank_sigma', 0.0), 'sampler.rank_sigma'),
-                   cold, warm, ddim_steps)
+                   cold, warm, ddim_steps, clamp)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -237,7 +246,7 @@ class SamplerSpec:
                 'rank_sigma': self.rank_sigma,
                 'cold': self.cold.to_dict() if self.cold else None,
                 'warm': self.warm.to_dict() if self.warm else None,
-                'ddim_steps': self.ddim_steps}
+                'ddim_steps': self.ddim_steps, 'clamp': self.clamp}
 
 
 @dataclass(frozen=True)

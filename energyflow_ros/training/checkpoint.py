@@ -12,6 +12,7 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
 import torch
 
 from energyflow_ros.core.config import ChunkSpec, config_to_dict
@@ -19,7 +20,7 @@ from energyflow_ros.core.methods import Method, build_method
 from energyflow_ros.data.dataset import Normalizer
 
 __all__ = ['CHECKPOINT_FORMAT', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'LoadedCheckpoint', 'use_weights']
+           'LoadedCheckpoint', 'use_weights', 'set_action_limits']
 
 CHECKPOINT_FORMAT = 1
 
@@ -75,6 +76,17 @@ def save_checkpoint(path: str, method: Method, obs_normalizer: Normalizer,
         raise
 
 
+def set_action_limits(method: Method, meta: dict[str, Any], normalizer: Normalizer) -> None:
+    """Give ``method`` the actuators' limits of ``meta`` (``action_low`` / ``action_high``,
+    raw units) in its normalised units, when it keeps its particles inside them (EnergyFlow)."""
+    if not hasattr(method, 'set_action_limits') or 'action_low' not in meta:
+        return
+    low = normalizer.normalize(np.asarray(meta['action_low'], dtype=np.float64))
+    high = normalizer.normalize(np.asarray(meta['action_high'], dtype=np.float64))
+    method.set_action_limits(torch.as_tensor(np.minimum(low, high), dtype=torch.float32),
+                             torch.as_tensor(np.maximum(low, high), dtype=torch.float32))
+
+
 def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
     """Rebuild the method saved at ``path`` (weights loaded, eval mode).
 
@@ -94,9 +106,12 @@ def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
     spec = ChunkSpec(**payload['spec'])
     method = build_method(payload['method'], spec, payload['backbone'], payload['config'])
     method.load_state_dict(payload['state_dict'])
+    action_normalizer = Normalizer.from_dict(payload['action_normalizer'])
+    if isinstance(payload.get('train_meta'), dict):
+        set_action_limits(method, payload['train_meta'], action_normalizer)
     method.eval()
     return LoadedCheckpoint(method, Normalizer.from_dict(payload['obs_normalizer']),
-                            Normalizer.from_dict(payload['action_normalizer']), payload)
+                            action_normalizer, payload)
 
 
 def use_weights(loaded: LoadedCheckpoint, ema: bool) -> bool:

@@ -37,7 +37,7 @@ from energyflow_ros.core.methods import BackboneConfig, build_method, Method, ME
 from energyflow_ros.core.networks import count_parameters
 from energyflow_ros.data.align import summarize
 from energyflow_ros.data.dataset import DemoSet
-from energyflow_ros.training.checkpoint import save_checkpoint
+from energyflow_ros.training.checkpoint import save_checkpoint, set_action_limits
 from energyflow_ros.training.data_source import (
     BatchOrder, DataConfig, prepare_data, read_demos, TRAIN_META_KEYS, TrainingData,
 )
@@ -66,7 +66,8 @@ RESUME_KEYS = ('state_dict', 'ema_state_dict', 'ema_updates', 'optimizer', 'sche
 RESUMABLE_METHOD_CHANGES = (('energyflow', 'flow', 'warm_start_t'),
                             ('energyflow', 'flow', 'warm_steps'),
                             ('energyflow', 'flow', 'n_particles'),
-                            ('energyflow', 'flow', 'n_steps'))
+                            ('energyflow', 'flow', 'n_steps'),
+                            ('energyflow', 'flow', 'clamp'))
 
 
 def _weight_fields(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -377,7 +378,8 @@ def deterministic_backends(device: torch.device | str) -> None:
 def build_training_method(cfg: TrainConfig, data: TrainingData) -> Method:
     """The untrained method of ``cfg``, initialised from ``cfg.seed``, sized for ``data``.
 
-    IBC's uniform negatives span the data's normalised action range plus a 5 % margin.
+    IBC's uniform negatives span the data's normalised action range plus a 5 % margin;
+    EnergyFlow gets the actuators' limits its sampler may clamp particles to (``flow.clamp``).
     """
     torch.manual_seed(cfg.seed)
     spec = ChunkSpec(obs_dim=data.obs.shape[1], action_dim=data.chunks.shape[2],
@@ -388,6 +390,7 @@ def build_training_method(cfg: TrainConfig, data: TrainingData) -> Method:
         low, high = flat.min(0).values, flat.max(0).values
         margin = 0.05 * (high - low)
         method.set_action_bounds(low - margin, high + margin)
+    set_action_limits(method, data.meta, data.action_normalizer)
     return method
 
 
