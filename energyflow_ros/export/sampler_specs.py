@@ -34,8 +34,8 @@ from energyflow_ros.core.methods import (
 from energyflow_ros.core.samplers import annealed_warm_steps, WARM_JITTER_STD
 from energyflow_ros.runtime.model_format import SamplerSpec, StepSchedule
 
-__all__ = ['sampler_spec', 'reward_sigma', 'particle_box', 'probability_flow_schedule', 'WARM_JITTER_STD',
-           'IBC_LANGEVIN_PARTICLES', 'IBC_LANGEVIN_STEPS']
+__all__ = ['sampler_spec', 'reward_sigma', 'particle_box', 'probability_flow_schedule',
+           'WARM_JITTER_STD', 'IBC_LANGEVIN_PARTICLES', 'IBC_LANGEVIN_STEPS']
 
 IBC_LANGEVIN_PARTICLES = 64
 IBC_LANGEVIN_STEPS = 20
