@@ -16,6 +16,8 @@ under the metadata_props key :data:`METADATA_KEY`:
              ``noise`` (K, B, N, H, A) float32 — the additive term of each step, already
                  scaled (zeros for the deterministic probability-flow ODE);
              ``rank_sigma`` (1,) float32 — sigma at which particles are ranked.
+             With ``sampler.clamp`` every step ends by clamping the particles into the
+             normalised action limits, held in the graph (no input).
     outputs  ``action`` (B, H, A) the lowest-energy particle; ``energy`` (B,) its energy;
              ``particles`` (B, N, H, A) every final particle (for warm start);
              ``energies`` (B, N) every particle's energy.
