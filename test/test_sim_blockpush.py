@@ -11,11 +11,13 @@ from energyflow_ros.sim.base import Expert, Task
 from energyflow_ros.sim.blockpush import (
     MODES,
     OBS_NAMES,
+    RELATIVE_NAMES,
     BlockPushExpert,
     BlockPushTask,
     detour_waypoint,
     sample_block_poses,
 )
+from energyflow_ros.sim.rollout import make_expert_policy, rollout
 
 N_EPISODES = 30
 
@@ -138,6 +140,35 @@ def test_step_before_reset_and_bad_config_raise() -> None:
         BlockPushTask(goal_tolerance=-1.0)
     with pytest.raises(ValueError, match='push_speed'):
         BlockPushExpert(BlockPushTask(), push_speed=0.0)
+    with pytest.raises(ValueError, match='relative_obs'):
+        BlockPushTask(relative_obs='yes')
+
+
+def test_relative_observation_appends_the_offsets_and_changes_nothing_else() -> None:
+    plain, rel = BlockPushTask(), BlockPushTask(relative_obs=True)
+    assert rel.info.obs_names == OBS_NAMES + RELATIVE_NAMES and rel.info.obs_dim == 28
+    obs_p, obs_r = plain.reset(11), rel.reset(11)
+    for action in ([0.35, -0.2], [0.45, 0.0], [0.4, 0.1]):
+        obs_p, obs_r = plain.step(np.array(action)).obs, rel.step(np.array(action)).obs
+    np.testing.assert_array_equal(obs_r[:16], obs_p)
+    named = dict(zip(rel.info.obs_names, obs_r))
+
+    def xy(name: str) -> np.ndarray:
+        return np.array([named[f'{name}_x'], named[f'{name}_y']])
+
+    block, block2 = xy('block_translation'), xy('block2_translation')
+    target, target2 = xy('target_translation'), xy('target2_translation')
+    effector = xy('effector_translation')
+    for name, value in (('block_to_target', block - target),
+                        ('block_to_target2', block - target2),
+                        ('block2_to_target', block2 - target),
+                        ('block2_to_target2', block2 - target2),
+                        ('effector_to_block', effector - block),
+                        ('effector_to_block2', effector - block2)):
+        np.testing.assert_allclose(xy(name), value, err_msg=name)
+    # the expert reads the IBC part only: the same episode with either observation
+    runs = [rollout(task, make_expert_policy(task), 5) for task in (plain, rel)]
+    np.testing.assert_array_equal(runs[0]['actions'], runs[1]['actions'])
 
 
 def test_oracle_pushes_both_blocks_into_targets(oracle_runs) -> None:

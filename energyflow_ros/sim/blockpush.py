@@ -15,7 +15,10 @@ pi +- pi/30. Orientations are reported modulo pi, as Diffusion Policy does.
 Observation (16): block_translation (2), block_orientation (1), block2_translation (2),
 block2_orientation (1), effector_translation (2), effector_target_translation (2),
 target_translation (2), target_orientation (1), target2_translation (2),
-target2_orientation (1). Action (2): the effector's absolute target xy in metres, clipped to
+target2_orientation (1). With ``relative_obs=True`` 12 more follow (:data:`RELATIVE_NAMES`):
+each block's offset to each target and the effector's offset to each block, in metres (what
+the expert decides by, which an MLP otherwise has to learn to subtract). Action (2): the
+effector's absolute target xy in metres, clipped to
 the workspace x in [0.15, 0.70], y in [-0.50, 0.50]; 10 Hz control.
 
 Metrics follow Diffusion Policy's evaluation, where events are latched over the episode: a
@@ -37,8 +40,8 @@ import numpy as np
 from energyflow_ros.sim.base import Expert, StepResult, Task, TaskInfo
 
 __all__ = [
-    'MODES', 'OBS_NAMES', 'BlockPushExpert', 'BlockPushTask', 'build_blockpush_mjcf',
-    'detour_waypoint', 'sample_block_poses', 'sample_target_poses',
+    'MODES', 'OBS_NAMES', 'RELATIVE_NAMES', 'BlockPushExpert', 'BlockPushTask',
+    'build_blockpush_mjcf', 'detour_waypoint', 'sample_block_poses', 'sample_target_poses',
 ]
 
 WORKSPACE_LOW = (0.15, -0.5)
@@ -58,6 +61,12 @@ OBS_NAMES = (
     'target_translation_x', 'target_translation_y', 'target_orientation',
     'target2_translation_x', 'target2_translation_y', 'target2_orientation',
 )
+# Offsets appended with relative_obs: (name, minuend, subtrahend) over OBS_NAMES' xy slices.
+_RELATIVE = (('block_to_target', 'block', 'target'), ('block_to_target2', 'block', 'target2'),
+             ('block2_to_target', 'block2', 'target'), ('block2_to_target2', 'block2', 'target2'),
+             ('effector_to_block', 'effector', 'block'),
+             ('effector_to_block2', 'effector', 'block2'))
+RELATIVE_NAMES = tuple(f'{name}_{axis}' for name, _, _ in _RELATIVE for axis in 'xy')
 _BLOCK_XY = (slice(0, 2), slice(3, 5))
 _EFFECTOR_XY = slice(6, 8)
 _TARGET_XY = (slice(10, 12), slice(13, 15))
@@ -115,22 +124,29 @@ class BlockPushTask(Task):
         max_steps: episode length limit in control steps.
         goal_tolerance: a block is in a target within this distance of its centre (metres).
         substeps: physics steps of ``0.01`` s per control step; 10 gives 10 Hz control.
+        relative_obs: append the 12 block-target and effector-block offsets
+            (:data:`RELATIVE_NAMES`) to the observation.
     """
 
     def __init__(self, *, max_steps: int = 350, goal_tolerance: float = 0.05,
-                 substeps: int = 10) -> None:
+                 substeps: int = 10, relative_obs: bool = False) -> None:
         if not isinstance(max_steps, int) or max_steps <= 0:
             raise ValueError(f'max_steps = {max_steps!r} is invalid: expected a positive int')
         if not goal_tolerance > 0:
             raise ValueError(f'goal_tolerance = {goal_tolerance!r} is invalid: expected > 0')
         if not isinstance(substeps, int) or substeps <= 0:
             raise ValueError(f'substeps = {substeps!r} is invalid: expected a positive int')
+        if not isinstance(relative_obs, bool):
+            raise ValueError(f'relative_obs = {relative_obs!r} is invalid: expected true or '
+                             'false')
         self.goal_tolerance = float(goal_tolerance)
         self.substeps = substeps
+        self.relative_obs = relative_obs
         self.model = mujoco.MjModel.from_xml_string(build_blockpush_mjcf())
         self.data = mujoco.MjData(self.model)
         self.info = TaskInfo(
-            name='blockpush', obs_names=OBS_NAMES, action_names=('effector_x', 'effector_y'),
+            name='blockpush', obs_names=OBS_NAMES + (RELATIVE_NAMES if relative_obs else ()),
+            action_names=('effector_x', 'effector_y'),
             action_low=WORKSPACE_LOW, action_high=WORKSPACE_HIGH,
             control_hz=1.0 / (TIMESTEP * substeps), max_steps=max_steps, metric_name='p1',
             revision=2)
@@ -160,7 +176,7 @@ class BlockPushTask(Task):
             seed: picks the block poses and the target poses.
 
         Returns:
-            The (16,) observation.
+            The (16,) observation ((28,) with ``relative_obs``).
         """
         rng = np.random.default_rng(seed)
         blocks = sample_block_poses(rng)
@@ -227,7 +243,7 @@ class BlockPushTask(Task):
         return self._targets[:, :2].copy()
 
     def _observation(self) -> np.ndarray:
-        """The 16-D IBC observation (orientations modulo pi)."""
+        """The 16-D IBC observation (orientations modulo pi), then the offsets if asked."""
         qpos = self.data.qpos
         obs = np.empty(16)
         obs[0:3] = qpos[self._block_qpos[0]]
@@ -237,7 +253,12 @@ class BlockPushTask(Task):
         obs[10:13] = self._targets[0]
         obs[13:16] = self._targets[1]
         obs[_YAW] %= math.pi
-        return obs
+        if not self.relative_obs:
+            return obs
+        xy = {'block': obs[_BLOCK_XY[0]], 'block2': obs[_BLOCK_XY[1]],
+              'effector': obs[_EFFECTOR_XY], 'target': obs[_TARGET_XY[0]],
+              'target2': obs[_TARGET_XY[1]]}
+        return np.concatenate([obs, *(xy[a] - xy[b] for _, a, b in _RELATIVE)])
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
         """The action as a float array, or ValueError naming what is wrong with it."""
