@@ -98,7 +98,7 @@ def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto
     gradient = to_onnx(GradientGraph(term), (obs, actions, sigma), names,
                        ['energies', 'grads'], axes, traced=traced)
     models = {'energy': strip_node_metadata(energy), 'gradient': strip_node_metadata(gradient)}
-    chunk, obs_dim = method.chunk_shape, method.spec.obs_dim
+    chunk, obs_dim, box = method.chunk_shape, method.spec.obs_dim, _graph_box(method, spec)
     if spec.kind == 'proposal_rank':
         uniforms = torch.rand(actions.shape[:2], generator=torch.Generator().manual_seed(1))
         models['sampler'] = strip_node_metadata(to_onnx(
@@ -107,11 +107,10 @@ def build_graphs(method: Method, spec: SamplerSpec) -> dict[str, onnx.ModelProto
             {'obs': {0: 'B'}, 'uniforms': {0: 'B', 1: 'N'}, 'normals': {0: 'B', 1: 'N'}}))
     else:
         models['sampler'] = fused_sampler_model(gradient, energy, spec.cold.n_steps, obs_dim,
-                                                chunk, 'sampler', _graph_box(method, spec))
+                                                chunk, 'sampler', box)
     if spec.warm is not None:
         models['warm_sampler'] = fused_sampler_model(gradient, energy, spec.warm.n_steps,
-                                                     obs_dim, chunk, 'warm_sampler',
-                                                     _graph_box(method, spec))
+                                                     obs_dim, chunk, 'warm_sampler', box)
     if isinstance(method, RNCEMethod):
         models['proposal'] = strip_node_metadata(to_onnx(
             ProposalGraph(method.proposal), (obs,), ['obs'], ['logits', 'means', 'stds'],
@@ -271,8 +270,7 @@ def export_method(method: Method, obs_normalizer: Normalizer, action_normalizer:
     """
     if not out_path.endswith('.onnx'):
         raise ExportError(f'{out_path}: the output path must end in .onnx')
-    if isinstance(train_meta, dict):    # the graphs clamp to the limits the metadata records
-        set_action_limits(method, train_meta, action_normalizer)
+    set_action_limits(method, train_meta, action_normalizer)   # the limits the metadata records
     try:
         spec = sampler_spec(method, n_particles, n_steps, warm_steps, warm_start_t)
     except ValueError as exc:

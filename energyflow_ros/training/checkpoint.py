@@ -76,15 +76,16 @@ def save_checkpoint(path: str, method: Method, obs_normalizer: Normalizer,
         raise
 
 
-def set_action_limits(method: Method, meta: dict[str, Any], normalizer: Normalizer) -> None:
-    """Give ``method`` the actuators' limits of ``meta`` (``action_low`` / ``action_high``,
-    raw units) in its normalised units, when it keeps its particles inside them (EnergyFlow)."""
-    if not hasattr(method, 'set_action_limits') or 'action_low' not in meta:
+def set_action_limits(method: Method, meta: Any, normalizer: Normalizer) -> None:
+    """Give ``method`` the actuators' limits of the trainer's ``meta`` (``action_low`` /
+    ``action_high``, raw units) in its normalised units, when it keeps its particles inside
+    them (EnergyFlow); without such a ``meta`` nothing changes."""
+    if not hasattr(method, 'set_action_limits') or not isinstance(meta, dict) or (
+            'action_low' not in meta):
         return
-    low = normalizer.normalize(np.asarray(meta['action_low'], dtype=np.float64))
-    high = normalizer.normalize(np.asarray(meta['action_high'], dtype=np.float64))
-    method.set_action_limits(torch.as_tensor(np.minimum(low, high), dtype=torch.float32),
-                             torch.as_tensor(np.maximum(low, high), dtype=torch.float32))
+    low, high = (torch.as_tensor(normalizer.normalize(np.asarray(meta[k], dtype=np.float64)),
+                                 dtype=torch.float32) for k in ('action_low', 'action_high'))
+    method.set_action_limits(low, high)
 
 
 def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
@@ -107,8 +108,7 @@ def load_checkpoint(path: str, map_location: str = 'cpu') -> LoadedCheckpoint:
     method = build_method(payload['method'], spec, payload['backbone'], payload['config'])
     method.load_state_dict(payload['state_dict'])
     action_normalizer = Normalizer.from_dict(payload['action_normalizer'])
-    if isinstance(payload.get('train_meta'), dict):
-        set_action_limits(method, payload['train_meta'], action_normalizer)
+    set_action_limits(method, payload.get('train_meta'), action_normalizer)
     method.eval()
     return LoadedCheckpoint(method, Normalizer.from_dict(payload['obs_normalizer']),
                             action_normalizer, payload)
