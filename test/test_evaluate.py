@@ -11,6 +11,7 @@ from energyflow_ros.cli.evaluate import (
     target_status, task_chunk_spec, write_results,
 )
 from energyflow_ros.core.methods import METHODS
+from energyflow_ros.sim.blockpush import OBS_NAMES, RELATIVE_NAMES
 from energyflow_ros.sim.registry import task_info
 from energyflow_ros.training.trainer import load_train_config
 
@@ -82,6 +83,17 @@ def test_seeds_split_across_commands_give_the_record_of_one_command(smoke, tmp_p
     assert split['metrics'].keys() == whole['metrics'].keys()
     for name, value in whole['metrics'].items():
         assert split['metrics'][name] == pytest.approx(value), name
+
+
+def test_a_row_records_the_observation_its_task_kwargs_give(tmp_path):
+    argv = ['--smoke', '--tasks', 'blockpush', '--methods', 'mse', '--seeds', '1', '--out',
+            str(tmp_path / 'results'), '--runs-dir', str(tmp_path / 'runs'),
+            f'data.cache_dir={tmp_path / "cache"}', 'device=cpu', 'data.n_episodes=2',
+            'task_kwargs.relative_obs=true']
+    assert main(argv) == 0
+    (record,) = json.loads((tmp_path / 'results' / 'quality.json').read_text())['records']
+    assert record['settings']['observation'] == list(OBS_NAMES + RELATIVE_NAMES)
+    assert ', '.join(RELATIVE_NAMES) in (tmp_path / 'results' / 'quality.md').read_text()
 
 
 @pytest.mark.parametrize('method', ['rnce', 'mse', 'diffusion'])
