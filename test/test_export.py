@@ -4,6 +4,7 @@ the parity gate, metadata and atomic writing."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 
@@ -272,26 +273,14 @@ def test_benchmark_sized_model_stays_small(tmp_path):
         assert size_mb < params_mb + 0.6, f'{graph}: {size_mb:.2f} MB for {params_mb:.2f} MB'
 
 
-def test_unet_energy_exports_through_make_fx(tmp_path):
-    unet = {'kind': 'unet', 'unet': {'channels': [8, 16], 'groups': 4, 'cond_dim': 8,
-                                     'head_hidden': 8}}
-    method = tiny_method('energyflow', backbone=unet)
-    obs_norm, act_norm = normalizers()
-    path = str(tmp_path / 'unet.onnx')
-    meta = export_method(method, obs_norm, act_norm, train_meta(), path, n_steps=2,
-                         warm_steps=1)
-    assert meta.extra['gradient'] == 'make_fx'
-    assert max(p['max_abs_error'] for p in meta.extra['parity'].values()) < 1e-4
-
-
-@pytest.mark.parametrize('obs_dim, action_dim', [(6, 3), (3, 2), (6, 5)])
-def test_unet_exports_for_observation_and_action_sizes_like_its_example_sizes(
-        tmp_path, obs_dim, action_dim):
+def test_unet_energy_exports_through_make_fx_for_sizes_like_the_example_sizes(tmp_path):
     # the symbolic tracer ties equal sizes together: with example batch 3 and particles 5, a
-    # 3-D action or a 5-joint arm had its batch or particle axis fixed, and export refused
+    # 3-D observation or a 5-joint arm had its batch or particle axis fixed, and export
+    # refused; one export covers both (each U-Net export costs tens of seconds on a CPU)
     from energyflow_ros.core.config import ChunkSpec
     from energyflow_ros.data.dataset import Normalizer
 
+    obs_dim, action_dim = 3, 5
     unet = {'kind': 'unet', 'unet': {'channels': [8, 16], 'groups': 4, 'cond_dim': 8,
                                      'head_hidden': 8}}
     method = tiny_method('energyflow', backbone=unet,
@@ -305,8 +294,43 @@ def test_unet_exports_for_observation_and_action_sizes_like_its_example_sizes(
                       action_low=[-5.0] * action_dim, action_high=[5.0] * action_dim)
     path = str(tmp_path / 'unet.onnx')
     exported = export_method(method, *norms, meta, path, n_steps=2, warm_steps=1)
+    assert exported.extra['gradient'] == 'make_fx'
     assert max(p['max_abs_error'] for p in exported.extra['parity'].values()) < 1e-4
-    assert onnx_export.example_sizes(obs_dim, 4, action_dim)[0] not in (obs_dim, action_dim)
+
+
+def test_exports_share_one_function_registry_and_give_the_same_graph(monkeypatch):
+    import contextlib
+    from torch.onnx._internal.exporter import _registration
+
+    from energyflow_ros.export import tracing
+    original = _registration.ONNXRegistry.__dict__['from_torchlib']
+    builds = []
+    real_build = original.__func__
+    monkeypatch.setattr(tracing, '_REGISTRIES', {})
+
+    def counted(cls, *args, **kwargs):
+        builds.append(1)
+        return real_build(cls, *args, **kwargs)
+    monkeypatch.setattr(_registration.ONNXRegistry, 'from_torchlib', classmethod(counted))
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+    args = (torch.randn(3, 4),)
+
+    def export():
+        return tracing.to_onnx(module, args, ['x'], ['y'], {'x': {0: 'batch'}})
+    shared = [export().SerializeToString() for _ in range(2)]
+    assert len(builds) == 1, 'the second export built the registry again'
+    assert _registration.ONNXRegistry.__dict__['from_torchlib'].__func__ is counted
+    monkeypatch.setattr(tracing, '_shared_registry', contextlib.nullcontext)
+    assert export().SerializeToString() == shared[0] == shared[1]
+    assert len(builds) == 2
+
+
+def test_example_sizes_differ_from_each_other_and_every_fixed_size():
+    for obs_dim, action_dim, horizon in itertools.product([1, 2, 3, 5, 6, 7, 16],
+                                                          [1, 2, 3, 5, 7], [1, 4, 16]):
+        b, m = onnx_export.example_sizes(obs_dim, horizon, action_dim)
+        fixed = {1, obs_dim, horizon, action_dim, horizon * action_dim}
+        assert b != m and not {b, m} & fixed, (obs_dim, action_dim, horizon, b, m)
 
 
 @pytest.mark.parametrize('name, n_steps, part, graph', [

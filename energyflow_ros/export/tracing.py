@@ -54,6 +54,40 @@ def decompositions() -> dict:
     return table
 
 
+_REGISTRIES: dict[Any, Any] = {}    # opset version -> the exporter's function registry
+
+
+@contextlib.contextmanager
+def _shared_registry() -> Iterator[None]:
+    """Let ``torch.onnx.export`` build its aten -> ONNX function registry once per process.
+
+    It rebuilds the registry on every call (~1 s on a CPU core, as long as exporting a small
+    graph, and a family has two to five graphs); the exporter only reads it. Where this torch
+    has no such registry to share, exports build their own as before.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+        registry_class = _registration.ONNXRegistry
+        original = registry_class.__dict__['from_torchlib']
+        build = original.__func__
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def shared(cls: type, opset_version: Any = None) -> Any:
+        key = (cls, opset_version)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = (build(cls) if opset_version is None
+                                else build(cls, opset_version=opset_version))
+        return _REGISTRIES[key]
+
+    registry_class.from_torchlib = classmethod(shared)
+    try:
+        yield
+    finally:
+        registry_class.from_torchlib = original
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress lines and optional-dependency warnings."""
@@ -98,7 +132,8 @@ def to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: Sequ
         axes = dynamic_axes.get(name)
         shapes.append({axis: dims.setdefault(dim, torch.export.Dim(dim))
                        for axis, dim in axes.items()} if axes else None)
-    with _quiet_exporter(), torch.no_grad() if not traced else contextlib.nullcontext():
+    with _quiet_exporter(), _shared_registry(), \
+            torch.no_grad() if not traced else contextlib.nullcontext():
         program = torch.onnx.export(target, args, dynamo=True, verbose=False,
                                     input_names=list(input_names),
                                     output_names=list(output_names),
