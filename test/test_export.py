@@ -39,12 +39,13 @@ def _session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
 
 
+@pytest.mark.parametrize('head', ['linear', 'squared_norm'])
 @pytest.mark.parametrize('activation', ['silu', 'softplus', 'gelu', 'tanh'])
 @pytest.mark.parametrize('name', ENERGY_METHODS)
-def test_hand_written_gradient_matches_autograd(name, activation):
+def test_hand_written_gradient_matches_autograd(name, activation, head):
     torch.manual_seed(1)
-    method = build_method(name, SPEC, {'kind': 'mlp', 'mlp': {'hidden': 16, 'depth': 3,
-                                                              'activation': activation}}, {})
+    method = build_method(name, SPEC, {'kind': 'mlp', 'mlp': {
+        'hidden': 16, 'depth': 3, 'activation': activation, 'energy_head': head}}, {})
     term, traced = energy_term(method.eval())
     assert not traced
     obs, act, sigma = torch.randn(3, 6), torch.randn(3, 5, 4, 2), torch.tensor([0.3])

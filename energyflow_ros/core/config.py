@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = ('silu', 'softplus', 'gelu', 'tanh')
+ENERGY_HEADS = ('linear', 'squared_norm')
 
 
 class ConfigError(ValueError):
@@ -76,18 +77,26 @@ class MLPConfig:
         depth: number of hidden layers.
         activation: smooth activation, one of ``ACTIVATIONS`` (smooth so that grad_a E is smooth).
         sigma_embed_dim: width of the noise-scale embedding (used by sigma-conditioned models).
+        energy_head: how an MLP energy's last layer becomes the scalar: ``linear``, one output
+            (unbounded: away from the data its energy can fall without limit, and ranking then
+            picks a particle that escaped there), or ``squared_norm``, half the squared norm of
+            a last layer as wide as the flattened chunk (Salimans & Ho's parametrisation: the
+            energy is bounded below by 0 everywhere). Denoisers and regressors ignore it.
     """
 
     hidden: int = 256
     depth: int = 4
     activation: str = 'silu'
     sigma_embed_dim: int = 32
+    energy_head: str = 'linear'
 
     def __post_init__(self) -> None:
         for name in ('hidden', 'depth', 'sigma_embed_dim'):
             _positive_int('MLPConfig', name, getattr(self, name))
         _require(self.activation in ACTIVATIONS, 'MLPConfig', 'activation', self.activation,
                  f'one of {ACTIVATIONS}')
+        _require(self.energy_head in ENERGY_HEADS, 'MLPConfig', 'energy_head', self.energy_head,
+                 f'one of {ENERGY_HEADS}')
 
 
 @dataclass(frozen=True)

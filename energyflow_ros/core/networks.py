@@ -97,7 +97,9 @@ class _SigmaPreconditioned(nn.Module):
 
 
 class MLPEnergy(_SigmaPreconditioned):
-    """E(o, a[, sigma]) = MLP([o, flatten(a)[, emb(sigma)]]) -> scalar.
+    """E(o, a[, sigma]) = MLP([o, flatten(a)[, emb(sigma)]]) -> scalar (``energy_head``
+    ``squared_norm``: the MLP's output is as wide as the flattened chunk and g is half its
+    squared norm, so E >= 0).
 
     ``forward(obs (B, O), act (B, H, A), sigma (B,) | None) -> (B,)``.
     """
@@ -107,7 +109,9 @@ class MLPEnergy(_SigmaPreconditioned):
         self.spec, self.sigma_conditioned = spec, sigma_conditioned
         emb = cfg.sigma_embed_dim if sigma_conditioned else 0
         self.sigma_embed = SigmaEmbedding(emb, cfg.activation) if sigma_conditioned else None
-        self.trunk = MLP(spec.obs_dim + spec.flat_action_dim + emb, 1, cfg.hidden, cfg.depth,
+        self.squared_norm = cfg.energy_head == 'squared_norm'
+        out = spec.flat_action_dim if self.squared_norm else 1
+        self.trunk = MLP(spec.obs_dim + spec.flat_action_dim + emb, out, cfg.hidden, cfg.depth,
                          cfg.activation)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor,
@@ -116,7 +120,9 @@ class MLPEnergy(_SigmaPreconditioned):
         parts = [obs, self.scaled_action(act, sigma).flatten(1)]
         if self.sigma_embed is not None:
             parts.append(self.sigma_embed(sigma))
-        return self.scaled_energy(self.trunk(torch.cat(parts, dim=-1)).squeeze(-1), sigma)
+        out = self.trunk(torch.cat(parts, dim=-1))
+        g = 0.5 * (out * out).sum(-1) if self.squared_norm else out.squeeze(-1)
+        return self.scaled_energy(g, sigma)
 
 
 class _FiLMResBlock(nn.Module):

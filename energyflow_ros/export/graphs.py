@@ -67,6 +67,8 @@ class MLPEnergyTerm(nn.Module):
 
     With ``u = c_in(sigma) * a`` and ``E = g(o, u, sigma) / (sigma * c_in)`` (sigma-conditioned)
     or ``E = g(o, a)``, the chain rule gives ``dE/da = (dg/du) / sigma`` (resp. ``dg/da``).
+    With the ``squared_norm`` head ``g = |y|^2 / 2`` for the last layer's output y, whose
+    gradient y enters the backward pass through the last layer's weights.
     """
 
     def __init__(self, net: MLPEnergy) -> None:
@@ -102,16 +104,18 @@ class MLPEnergyTerm(nn.Module):
             return 1.0
         return torch.sqrt(sigma * sigma + 1.0) / sigma
 
-    def _forward(self, obs: torch.Tensor, actions: torch.Tensor,
-                 sigma: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Energies (B, M) and every hidden layer's activation slope (B * M, hidden)."""
+    def _forward(self, obs: torch.Tensor, actions: torch.Tensor, sigma: torch.Tensor,
+                 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """Energies (B, M), every hidden layer's activation slope (B * M, hidden) and dg/dy
+        for the last layer's output y (B * M, outputs; None for the linear head: 1)."""
         h, slope = activation_and_slope(self.act, self._first_layer(obs, actions, sigma))
         slopes = [slope]
         for layer in self.hidden[1:]:
             h, slope = activation_and_slope(self.act, layer(h))
             slopes.append(slope)
-        g = self.out(h).view(actions.shape[0], actions.shape[1])
-        return g * self._scale(sigma), slopes
+        y = self.out(h)
+        g, dg = (0.5 * (y * y).sum(-1), y) if self.net.squared_norm else (y.squeeze(-1), None)
+        return g.view(actions.shape[0], actions.shape[1]) * self._scale(sigma), slopes, dg
 
     def energy(self, obs: torch.Tensor, actions: torch.Tensor,
                sigma: torch.Tensor) -> torch.Tensor:
@@ -121,8 +125,8 @@ class MLPEnergyTerm(nn.Module):
     def energy_and_grad(self, obs: torch.Tensor, actions: torch.Tensor,
                         sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies (B, M) and their action gradients (B, M, H, A)."""
-        e, slopes = self._forward(obs, actions, sigma)
-        delta = slopes[-1] * self.out.weight
+        e, slopes, dg = self._forward(obs, actions, sigma)
+        delta = slopes[-1] * (self.out.weight if dg is None else dg @ self.out.weight)
         for layer, slope in zip(reversed(self.hidden[1:]), reversed(slopes[:-1])):
             delta = (delta @ layer.weight) * slope
         o, d = self.obs_dim, self.flat_dim
