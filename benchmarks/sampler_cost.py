@@ -274,11 +274,21 @@ def build_settings(args: argparse.Namespace) -> list[Setting]:
 
 
 def export_settings(settings: list[Setting], folder: str, threads: int) -> None:
-    """Export each setting's model family and build its planner."""
-    for i, s in enumerate(settings):
-        path = os.path.join(folder, f'setting{i}.onnx')
-        export_checkpoint(s.checkpoint, path, n_particles=s.n_particles, n_steps=s.cold_steps,
-                          warm_steps=s.warm_steps, warm_start_t=s.warm_start_t)
+    """Export each setting's model family and build its planner.
+
+    Settings whose graphs are the same (one checkpoint, step counts and warm-start time; the
+    particle count is a dynamic axis, and refilling is the planner's) share one export, each
+    with a session of its own.
+    """
+    exported: dict[tuple[Any, ...], str] = {}
+    for s in settings:
+        key = (s.checkpoint, s.cold_steps, s.warm_steps, s.warm_start_t)
+        path = exported.get(key)
+        if path is None:
+            path = exported[key] = os.path.join(folder, f'setting{len(exported)}.onnx')
+            export_checkpoint(s.checkpoint, path, n_particles=s.n_particles,
+                              n_steps=s.cold_steps, warm_steps=s.warm_steps,
+                              warm_start_t=s.warm_start_t)
         # Not spinning, as the node: here it also keeps one setting's idle threads from slowing
         # the next setting's call (the settings alternate).
         model = load_model(path, providers=ProviderConfig(intra_op_threads=threads,

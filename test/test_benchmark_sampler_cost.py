@@ -50,6 +50,13 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
         return real_rollout(task, policy, seed)
     real_rollout = bench.rollout
     monkeypatch.setattr(bench, 'rollout', rollout)
+    exports = []
+
+    def export_checkpoint(checkpoint, path, **kwargs):
+        exports.append(kwargs)
+        return real_export(checkpoint, path, **kwargs)
+    real_export = bench.export_checkpoint
+    monkeypatch.setattr(bench, 'export_checkpoint', export_checkpoint)
     assert bench.main(['--energy', checkpoints['energyflow'], '--diffusion',
                        checkpoints['diffusion'], '--rnce', checkpoints['rnce'],
                        '--rnce-settings', '3:2,2:0', '--episodes', '1', '--cold-steps', '4,2',
@@ -60,6 +67,8 @@ def test_tiny_run_writes_one_record_per_setting(bench, checkpoints, tmp_path, ca
                        '--threads', '1', '--episode-seed', '777', '--tag', 'probe',
                        '--out', str(tmp_path)]) == 0
     assert set(seeds) == {777}          # every setting's one episode, on the asked seed
+    # settings that differ only in particles or refilling share their graphs: 9 families
+    assert len(exports) == 9
     assert '## Same-run ratios' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ['sampler_cost-obstacles2d-probe-cpu.json',
                                             'sampler_cost-obstacles2d-probe-cpu.md']
