@@ -54,7 +54,7 @@ def decompositions() -> dict:
     return table
 
 
-_REGISTRIES: dict[Any, Any] = {}    # opset version -> the exporter's function registry
+_REGISTRIES: dict[Any, Any] = {}    # (registry class, opset) -> the exporter's registry
 
 
 @contextlib.contextmanager
