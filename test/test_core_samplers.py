@@ -8,7 +8,7 @@ from energyflow_ros.core.config import (
 )
 from energyflow_ros.core.samplers import (
     AnnealedLangevinSampler, DDIMSampler, DerivativeFreeSampler, ProbabilityFlowSampler,
-    ProposalLangevinSampler, shift_chunk,
+    ProposalLangevinSampler, select_lowest, shift_chunk,
 )
 from energyflow_ros.core.schedules import DDPMSchedule, VESchedule
 from test.analytic import GaussianEnergy, MixtureEnergy, SQUARE_MODES
@@ -144,3 +144,16 @@ def test_a_warm_start_stays_in_the_mode_it_started_in(name):
     result = sampler.sample(obs, torch.Generator().manual_seed(0), init=start)
     near = (result.actions.view(256, 2) - SQUARE_MODES[0]).norm(dim=-1) < 0.5
     assert near.float().mean() > 0.95, f'{name}: {near.float().mean():.2f} stayed'
+
+
+def test_ranking_skips_particles_that_diverged_and_keeps_a_row_without_finite_ones():
+    nan, inf = float('nan'), float('inf')
+    particles = torch.zeros(3, 3, 2, 1)
+    particles[0, 1] = nan                                   # a diverged particle
+    particles[1, 0, 0, 0] = inf
+    energies = torch.tensor([[1.0, nan, 0.5], [-inf, 2.0, 3.0], [nan, nan, nan]])
+    particles[2] = nan
+    chosen = select_lowest(energies, particles)
+    assert chosen.energy[:2].tolist() == [0.5, 2.0]         # torch's argmin took the NaN
+    assert torch.isfinite(chosen.actions[:2]).all()
+    assert torch.isnan(chosen.actions[2]).all()             # nothing finite: the caller refuses

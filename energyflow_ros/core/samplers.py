@@ -75,9 +75,12 @@ def shift_chunk(chunk: torch.Tensor, executed: int, extrapolation: float = 0.0) 
 def select_lowest(energies: torch.Tensor, particles: torch.Tensor) -> SampleResult:
     """Pick, per observation, the particle of lowest energy.
 
-    energies (B, N), particles (B, N, H, A).
+    energies (B, N), particles (B, N, H, A). A particle that is not finite, or whose energy is
+    not, ranks last (torch's argmin would pick a NaN; onnxruntime's ArgMin skips it), so it
+    is chosen only when no particle of its row is finite, and the caller then refuses it.
     """
-    best = energies.argmin(dim=1)
+    finite = torch.isfinite(energies) & torch.isfinite(particles).flatten(2).all(dim=2)
+    best = torch.where(finite, energies, torch.full_like(energies, math.inf)).argmin(dim=1)
     rows = torch.arange(particles.shape[0], device=particles.device)
     return SampleResult(particles[rows, best], energies[rows, best], particles)
 
