@@ -482,6 +482,22 @@ def test_a_run_without_a_flow_section_resumes_with_warm_start_settings_added(
     assert train(warm, resume=True, log=quiet).trainer.step == 6
 
 
+def test_a_run_written_before_a_config_field_existed_resumes(tmp_path, demo_npz):
+    # checkpoints of runs started before backbone.mlp.energy_head existed lack the field
+    cfg = tiny(tmp_path / 'run', demo_npz, method='energyflow', steps=6)
+    assert train(cfg, stop_after=3, log=quiet).trainer.step == 3
+    path = tmp_path / 'run' / 'checkpoint.pt'
+    payload = torch.load(path, weights_only=False)
+    del payload['train_config']['backbone']['mlp']['energy_head']
+    torch.save(payload, path)
+    assert train(cfg, resume=True, log=quiet).trainer.step == 6
+    # a field that did change is still refused
+    payload['train_config']['backbone']['mlp']['energy_head'] = 'squared_norm'
+    torch.save(payload, path)
+    with pytest.raises(TrainError, match="different \\['backbone'\\]"):
+        train(cfg, resume=True, log=quiet)
+
+
 def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_generator(
         tmp_path, demo_npz):
     cfg = tiny(tmp_path / 'run', demo_npz, steps=10)

@@ -90,6 +90,16 @@ def _weight_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the fields added since it was written at their defaults
+    (``backbone.mlp.energy_head``, say), so that a run from before them still resumes; as
+    written when it no longer parses (it is then compared as it is)."""
+    try:
+        return config_to_dict(config_from_dict(TrainConfig, saved, 'config'))
+    except ConfigError:
+        return saved
+
+
 def _eval_results_differ(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether two configs' final evaluations would differ (not only in when they run)."""
     def settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -549,14 +559,14 @@ class Trainer:
             TrainError: the checkpoint belongs to another config or other data.
         """
         config = config_to_dict(self.cfg)
-        saved, now = _weight_fields(payload['train_config']), _weight_fields(config)
+        written = _with_defaults(payload['train_config'])
+        saved, now = _weight_fields(written), _weight_fields(config)
         changed = sorted(k for k in now if saved.get(k) != now[k])
-        self._stale_final = payload['train_config'].get('method_config') != \
-            config['method_config']
+        self._stale_final = written.get('method_config') != config['method_config']
         last_eval = next((row for row in reversed(payload['metrics'])
                           if 'eval_success' in row), {})
         self._stale_eval = int(payload['step']) >= self.cfg.optim.steps and (
-            _eval_results_differ(payload['train_config'], config) or self._stale_final
+            _eval_results_differ(written, config) or self._stale_final
             # evaluated before the task reported its headline metric (Push-T's max_score)
             or bool(last_eval) and f'eval_{self.metric_name}' not in last_eval)
         if changed:
