@@ -564,8 +564,9 @@ def _method_order(method: str) -> int:
 def _evaluate_task(task: str, args: argparse.Namespace, common: dict[str, Any]) -> None:
     """Train and evaluate every method on ``task``; the results files grow after each."""
     configs = _task_configs(task, args)
+    # the observation these runs see: every method gets the command's task_kwargs
+    info = task_info(task, **next(iter(configs.values())).task_kwargs)
     for method, cfg in configs.items():
-        info = task_info(task, **cfg.task_kwargs)  # the observation these runs see
         runs, seeds = [], list(range(args.first_seed, args.first_seed + args.seeds))
         for seed in seeds:
             out_dir = os.path.join(args.runs_dir, common['mode'], task, method, f'seed{seed}')
