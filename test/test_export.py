@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 
 import numpy as np
@@ -213,6 +214,21 @@ def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_pat
                               np.argmin(candidate_energies_and_grads(
                                   method.energy, obs, ref.particles,
                                   meta.sampler.rank_sigma)[0].numpy(), axis=1))
+    # a diverged particle ranks last, as in torch: onnxruntime's ArgMin alone keeps a NaN that
+    # comes first, so a NaN particle 0 was chosen (and the plan refused) over finite ones
+    init[0, 0] = math.nan
+    init[1, 4, 2, 1] = math.inf
+    init[2] = math.nan
+    out = session.run(None, {
+        'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
+        'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
+        'rank_sigma': np.float32([meta.sampler.rank_sigma])})
+    ref = reference_sampler(method, obs, init, s.sigmas, s.step_sizes, noise,
+                            meta.sampler.rank_sigma)
+    assert np.isnan(out[3][0, 0]) and not np.all(np.isfinite(out[2][1, 4]))
+    assert np.all(np.isfinite(out[0][[0, 1, 3]])) and np.all(np.isnan(out[0][2]))
+    np.testing.assert_allclose(out[0][[0, 1, 3]], ref.actions.numpy()[[0, 1, 3]], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_rnce_without_langevin_steps_draws_and_ranks_in_one_graph(tmp_path):
@@ -249,6 +265,14 @@ def test_rnce_without_langevin_steps_draws_and_ranks_in_one_graph(tmp_path):
         best = np.argmin(energies, axis=1)
         np.testing.assert_array_equal(action, particles[np.arange(b), best])
         np.testing.assert_array_equal(energy, energies[np.arange(b), best])
+    # a draw that is not finite ranks last
+    normals[:, 0] = math.nan
+    action, energies = session.run(['action', 'energies'], {
+        'obs': obs.numpy(), 'uniforms': uniforms.numpy(), 'normals': normals.numpy(),
+        'rank_sigma': np.zeros(1, np.float32)})
+    assert np.all(np.isnan(energies[:, 0])) and np.all(np.isfinite(action))
+    np.testing.assert_array_equal(action, particles[np.arange(b), 1 + np.argmin(energies[:, 1:],
+                                                                                axis=1)])
     # uniforms pick the components: all draws below the first weight take component 0
     lowest = np.zeros((1, 4), np.float32)
     out = session.run(['particles'], {'obs': np.zeros((1, 6), np.float32), 'uniforms': lowest,

@@ -76,8 +76,9 @@ def select_lowest(energies: torch.Tensor, particles: torch.Tensor) -> SampleResu
     """Pick, per observation, the particle of lowest energy.
 
     energies (B, N), particles (B, N, H, A). A particle that is not finite, or whose energy is
-    not, ranks last (torch's argmin would pick a NaN; onnxruntime's ArgMin skips it), so it
-    is chosen only when no particle of its row is finite, and the caller then refuses it.
+    not, ranks last (torch's argmin picks a NaN; onnxruntime's ArgMin, a NaN that comes
+    first), so it is chosen only when no particle of its row is finite, and the caller then
+    refuses it. The exported graphs rank the same way.
     """
     finite = torch.isfinite(energies) & torch.isfinite(particles).flatten(2).all(dim=2)
     best = torch.where(finite, energies, torch.full_like(energies, math.inf)).argmin(dim=1)

@@ -135,8 +135,23 @@ def _tensor_info(name: str, dims: Iterable[int | str]) -> onnx.ValueInfoProto:
 
 
 def _select_lowest(b: _Builder, particles: str, energies: str, chunk: tuple[int, int]) -> None:
-    """action (B, H, A) and energy (B,) of the argmin particle (first one on ties)."""
-    idx = b.node('ArgMin', [energies], 'best_index', axis=1, keepdims=1)
+    """action (B, H, A) and energy (B,) of the argmin particle (first one on ties).
+
+    As in torch's ``select_lowest``, a particle that is not finite, or whose energy is not,
+    ranks last: onnxruntime's ArgMin keeps a NaN that comes first in its row, so a diverged
+    particle 0 would otherwise be chosen over finite ones, and the plan refused.
+    ``x - x`` is 0 where x is finite and NaN where it is not.
+    """
+    finite_check = b.node('Add', [
+        b.node('ReduceSum', [b.node('Sub', [particles, particles], 'rank/particle_residue'),
+                             b.const([2, 3], 'axes_2_3')], 'rank/particle_check', keepdims=0),
+        b.node('Sub', [energies, energies], 'rank/energy_check')], 'rank/check')
+    infinity = b.add_initializer(numpy_helper.from_array(np.array(np.inf, np.float32)),
+                                 'rank/infinity')
+    nan = b.node('IsNaN', [b.node('Add', [energies, finite_check], 'rank/checked')],
+                 'rank/not_finite')
+    ranked = b.node('Where', [nan, infinity, energies], 'rank/ranked')
+    idx = b.node('ArgMin', [ranked], 'best_index', axis=1, keepdims=1)
     axis1 = b.const([1], 'axis_1')
     b.node('Squeeze', [b.node('GatherElements', [energies, idx], 'best_energy', axis=1),
                        axis1], 'energy')

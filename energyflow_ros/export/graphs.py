@@ -28,7 +28,7 @@ from energyflow_ros.core.methods import (
 )
 from energyflow_ros.core.networks import MLPEnergy
 from energyflow_ros.core.proposals import GaussianMixtureProposal
-from energyflow_ros.core.samplers import ddim_steps, ddim_update
+from energyflow_ros.core.samplers import ddim_steps, ddim_update, select_lowest
 
 __all__ = [
     'activation_and_slope', 'MLPEnergyTerm', 'MixtureLogDensityTerm', 'ResidualEnergyTerm',
@@ -293,9 +293,8 @@ class ProposalRankGraph(nn.Module):
         flat = mixture_draws(log_w, means, stds, uniforms, normals.flatten(2))
         particles = flat.view(normals.shape)
         energies = self.term.energy(obs, particles, rank_sigma)
-        best = energies.argmin(dim=1)
-        rows = torch.arange(obs.shape[0], device=obs.device)
-        return particles[rows, best], energies[rows, best], particles, energies
+        chosen = select_lowest(energies, particles)
+        return chosen.actions, chosen.energy, particles, energies
 
 
 def _no_energy(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
