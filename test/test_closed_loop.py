@@ -55,6 +55,11 @@ def test_rewards_flow_and_outputs_are_written(report):
     assert report['reward_messages'] > 20
     assert report['png'].stat().st_size > 5000
     assert 'success' in report['stdout'] and 'achieved' in report['stdout']
+    # each episode line says whether the robot touched an obstacle, as the sim reported it
+    for e in report['episode_results']:
+        said = 'collided' if e['metrics']['collision'] else 'no collision'
+        assert f"(seed {e['seed']}): success {e['success']}, {e['step']} steps, {said}" in \
+            report['stdout'], report['stdout']
 
 
 def test_a_run_that_times_out_is_an_error_not_a_report(tmp_path):

@@ -276,8 +276,10 @@ def _print(report: dict[str, Any]) -> None:
     fmt = (lambda v: 'n/a' if v is None else f'{v:.2f}')
     print(f"episodes {report['episodes']}: success {report['success']:.2f}")
     for e in report['episode_results']:
+        collided = e.get('metrics', {}).get('collision')
         print(f"  episode {e['episode']} (seed {e['seed']}): success {e['success']}, "
-              f"{e['step']} steps")
+              f"{e['step']} steps" + ('' if collided is None else
+                                      ', collided' if collided else ', no collision'))
     print(f"control rate {report['control_rate_hz']:g} Hz, achieved "
           f"{report['achieved_command_rate_hz']:.1f} Hz; tick latency p99 "
           f"{fmt(report['tick_latency_p99_ms'])} ms; plan latency p99 "
