@@ -280,3 +280,15 @@ def test_a_non_finite_plan_is_not_the_next_warm_start(tiny, monkeypatch):
     recovered = planner.plan(history)
     assert calls[-1][0] == 'sampler' and not recovered.warm  # cold: the NaN chunk is not kept
     assert np.all(np.isfinite(recovered.actions))
+
+
+def test_describe_names_the_sampler_and_its_warm_start(tiny):
+    from energyflow_ros.runtime.planner import describe
+
+    meta = load_model(tiny['energyflow'][0]).metadata
+    warm = meta.sampler.warm
+    line = describe(meta)
+    assert line.startswith('energyflow model for ') and 'gradient sampler N=64' in line
+    assert f'K={meta.sampler.cold.n_steps}, warm K={warm.n_steps} from sigma ' \
+        f'{warm.init_std:.3g}' in line and 'chunk 4x2' in line
+    assert 'warm' not in describe(load_model(tiny['diffusion'][0]).metadata)

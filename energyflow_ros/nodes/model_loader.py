@@ -46,6 +46,7 @@ class LoadedModel:
             start) -> (raw chunk (H, A), energy).
         warmup_s: seconds the load and warm-up took.
         model: the loaded model (its sessions).
+        warm_start: whether plans after the first start from the previous plan.
     """
 
     path: str
@@ -55,6 +56,7 @@ class LoadedModel:
     plan: PlanFn
     warmup_s: float
     model: OnnxModel
+    warm_start: bool
 
 
 def declare_provider_params(node: Any, declare: Callable[..., Any]) -> dict[str, Any]:
@@ -135,4 +137,4 @@ def load_policy_model(p: dict[str, Any]) -> LoadedModel:
                           'observation holds non-finite values (NaN or inf): the model '
                           'cannot be planned with')
     return LoadedModel(model.path, model.metadata, model.provider, model.fallback or '', plan,
-                       time.perf_counter() - began, model)
+                       time.perf_counter() - began, model, planner.warm_start)

@@ -52,7 +52,7 @@ from energyflow_ros.nodes.runner import (ignore_signals, init_without_signal_han
                                          interrupt_or_raise)
 from energyflow_ros.nodes.worker import PlanningWorker, WorkerStats
 from energyflow_ros.runtime.chunk_queue import ChunkQueue, Plan
-from energyflow_ros.runtime.planner import WARM_EXTRAPOLATION
+from energyflow_ros.runtime.planner import describe, WARM_EXTRAPOLATION
 from energyflow_ros.runtime.safety import JointCommandFilter, JointLimits
 
 __all__ = ['PolicyNode', 'main']
@@ -155,10 +155,10 @@ class PolicyNode(AutostartMixin, LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         info = self._loaded
         self.get_logger().info(
-            f'model {info.path} ({info.metadata.method}, task {info.metadata.task or "?"}) on '
-            f'{info.provider}: joints {list(self.joint_names)}, {self.control_rate:g} Hz, '
-            f'chunk {info.metadata.horizon} x {info.metadata.action_dim}, executed '
-            f'{self.executed_steps}, warm-up {info.warmup_s * 1e3:.1f} ms')
+            f'model {info.path} on {info.provider}: {describe(info.metadata)}; joints '
+            f'{list(self.joint_names)}, {self.control_rate:g} Hz, executed '
+            f'{self.executed_steps}, warm start {"on" if info.warm_start else "off"}, '
+            f'warm-up {info.warmup_s * 1e3:.1f} ms')
         if self.p['freeze_gc']:
             gc.collect()
             gc.freeze()

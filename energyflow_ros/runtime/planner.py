@@ -298,9 +298,11 @@ class ChunkPlanner:
 
 
 def describe(metadata: ModelMetadata) -> str:
-    """One line naming the model: method, task, sampler, shapes."""
+    """One line naming the model: method, task, sampler (and its warm start), shapes."""
     s = metadata.sampler
     steps = f', K={s.n_steps}' if s.n_steps else ''
+    if s.warm is not None:
+        steps += f', warm K={s.warm.n_steps} from sigma {s.warm.init_std:.3g}'
     return (f'{metadata.method} model for {metadata.task or "?"}: {s.kind} sampler N='
             f'{s.n_particles}{steps}, chunk {metadata.horizon}x{metadata.action_dim}, '
             f'{metadata.n_obs} obs frames of {len(metadata.obs_names)}')
