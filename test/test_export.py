@@ -196,17 +196,21 @@ def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_pat
     assert [o.name for o in session.get_outputs()] == ['action', 'energy', 'particles',
                                                        'energies']
     s = meta.sampler.cold
+
+    def run(obs, init, noise):
+        out = session.run(None, {
+            'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
+            'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
+            'rank_sigma': np.float32([meta.sampler.rank_sigma])})
+        return out, reference_sampler(method, obs, init, s.sigmas, s.step_sizes, noise,
+                                      meta.sampler.rank_sigma)
+
     for b, n in ((1, 3), (4, 9)):
         gen = torch.Generator().manual_seed(b * n)
         obs = torch.randn((b, 6), generator=gen)
         init = 3 * torch.randn((b, n, 4, 2), generator=gen)
         noise = 0.01 * torch.randn((5, b, n, 4, 2), generator=gen)
-        out = session.run(None, {
-            'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
-            'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
-            'rank_sigma': np.float32([meta.sampler.rank_sigma])})
-        ref = reference_sampler(method, obs, init, s.sigmas, s.step_sizes, noise,
-                                meta.sampler.rank_sigma)
+        out, ref = run(obs, init, noise)
         np.testing.assert_allclose(out[2], ref.particles.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(out[0], ref.actions.numpy(), rtol=1e-4, atol=1e-5)
         assert out[0].shape == (b, 4, 2) and out[3].shape == (b, n)
@@ -219,12 +223,7 @@ def test_fused_sampler_has_dynamic_batch_and_particles_and_matches_torch(tmp_pat
     init[0, 0] = math.nan
     init[1, 4, 2, 1] = math.inf
     init[2] = math.nan
-    out = session.run(None, {
-        'obs': obs.numpy(), 'init': init.numpy(), 'noise': noise.numpy(),
-        'sigmas': np.float32(s.sigmas), 'step_sizes': np.float32(s.step_sizes),
-        'rank_sigma': np.float32([meta.sampler.rank_sigma])})
-    ref = reference_sampler(method, obs, init, s.sigmas, s.step_sizes, noise,
-                            meta.sampler.rank_sigma)
+    out, ref = run(obs, init, noise)
     assert np.isnan(out[3][0, 0]) and not np.all(np.isfinite(out[2][1, 4]))
     assert np.all(np.isfinite(out[0][[0, 1, 3]])) and np.all(np.isnan(out[0][2]))
     np.testing.assert_allclose(out[0][[0, 1, 3]], ref.actions.numpy()[[0, 1, 3]], rtol=1e-4,
